@@ -1,0 +1,158 @@
+"""The ``hsad`` command line. Exit status: 0 ok, 2 bad input (one line on stderr), 1 internal error."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from hsad_scale.errors import InputError
+
+
+def _ingest(args) -> None:
+    from hsad_scale.cube import ingest
+
+    ingest(args.src, args.dest, gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk,
+           compression=args.compression, overwrite=args.overwrite)
+    print(f"[hsad] wrote {args.dest}", file=sys.stderr)
+
+
+def _detect(args) -> None:
+    from hsad_scale.pipeline import run_detect
+
+    ingest_options = dict(gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk)
+    run_detect(args.src, args.out, method=args.method, overwrite=args.overwrite, dask_address=args.dask_address,
+               ingest_options=ingest_options)
+
+
+def _evaluate(args) -> None:
+    import numpy as np
+
+    from hsad_scale.evaluate import metrics
+
+    scores = _load_map(args.scores, args.variable)
+    truth = _load_map(args.gt, "ground_truth")
+    result = metrics(scores, truth)
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+    if args.json:
+        from hsad_scale.outputs import write_json
+
+        write_json(Path(args.json), result)
+    del np
+
+
+def _load_map(path: str, variable: str):
+    """A 2-D map from a Zarr store (variable), a cube store (its ground truth), a GeoTIFF,
+    a .npy file or a .mat file with one 2-D array."""
+    import numpy as np
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p} does not exist")
+    if p.is_dir():
+        import xarray as xr
+
+        try:
+            ds = xr.open_zarr(p, consolidated=False)
+        except Exception as exc:
+            raise InputError(f"{p} is not a readable Zarr store: {exc}") from None
+        name = variable if variable in ds else next((v for v in ("score", "ground_truth") if v in ds), None)
+        if name is None:
+            raise InputError(f"{p} holds none of the variables {variable!r}, 'score', 'ground_truth'")
+        return ds[name].values
+    suffix = p.suffix.lower()
+    if suffix == ".npy":
+        return np.load(p, allow_pickle=False)
+    if suffix in (".tif", ".tiff"):
+        import rasterio
+
+        with rasterio.open(p) as f:
+            return f.read(1)
+    if suffix == ".mat":
+        from hsad_scale.readers.dispatch import read_ground_truth
+
+        return read_ground_truth(p)
+    raise InputError(f"cannot read a map from {p.name}: use a Zarr store, .tif, .npy or .mat")
+
+
+def _synth(args) -> None:
+    from hsad_scale.synth import SceneSpec, parse_size, synth
+
+    height, width = parse_size(args.size)
+    synth(args.dest, SceneSpec(height, width, args.bands, args.seed), chunk=args.chunk,
+          compression=args.compression, overwrite=args.overwrite)
+    print(f"[hsad] wrote {args.dest}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hsad", description="Hyperspectral anomaly detection at scale (RX, AE, VAE) on chunked Zarr cubes.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common_source(p):
+        p.add_argument("--gt", help="ground truth file (.mat, GeoTIFF, .npy) when not inside SRC")
+        p.add_argument("--cube-key", help="variable holding the cube (.mat/NetCDF); found by itself when omitted")
+        p.add_argument("--gt-key", help="variable holding the ground truth (.mat); found by itself when omitted")
+        p.add_argument("--chunk", type=int, default=256, help="tile size in pixels along y and x (default 256)")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+    p = sub.add_parser("ingest", help="read a scene (.mat, ENVI, GeoTIFF, NetCDF) into a chunked Zarr cube")
+    p.add_argument("src", help="scene file")
+    p.add_argument("dest", help="output Zarr store (DEST.zarr)")
+    common_source(p)
+    p.add_argument("--compression", default="none", choices=("none", "zstd", "lz4"),
+                   help="codec of the cube store (default none: fastest to read twice)")
+    p.set_defaults(run=_ingest)
+
+    p = sub.add_parser("detect", help="score every pixel of a scene and write maps, metrics and plots")
+    p.add_argument("src", help="a cube store (.zarr) or any scene file that ingest reads")
+    p.add_argument("--method", default="rx", help="rx (default), ae or vae")
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--dask-address", default=os.environ.get("HSAD_DASK_ADDRESS"),
+                   help="scheduler of an existing Dask cluster (default: a LocalCluster; env HSAD_DASK_ADDRESS)")
+    common_source(p)
+    p.set_defaults(run=_detect)
+
+    p = sub.add_parser("evaluate", help="ROC figures of a score map against ground truth")
+    p.add_argument("scores", help="score map: scores.zarr, GeoTIFF or .npy")
+    p.add_argument("gt", help="ground truth: a cube store, .mat, GeoTIFF or .npy")
+    p.add_argument("--variable", default="score", help="variable of a Zarr score store (default score)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser("synth", help="generate a synthetic scene with implanted sub-pixel targets")
+    p.add_argument("dest", help="output Zarr store")
+    p.add_argument("--size", default="512x512", help="HEIGHTxWIDTH in pixels (default 512x512)")
+    p.add_argument("--bands", type=int, default=200, help="number of bands (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk", type=int, default=256, help="tile size (default 256)")
+    p.add_argument("--compression", default="none", choices=("none", "zstd", "lz4"))
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(run=_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except InputError as exc:
+        print(f"hsad: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hsad: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an internal error: one line, traceback on --debug
+        if args.debug:
+            raise
+        print(f"hsad: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

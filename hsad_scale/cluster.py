@@ -1,0 +1,53 @@
+"""Dask clients: a LocalCluster of worker processes by default, or an existing scheduler."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+from hsad_scale.errors import InputError
+
+ADDRESS_ENV = "HSAD_DASK_ADDRESS"
+
+
+@contextlib.contextmanager
+def dask_client(address: str | None = None, n_workers: int | None = None, threads_per_worker: int = 1,
+                dashboard_address: str = ":8787"):
+    """Yield a ``distributed.Client``: to ``address`` (or ``$HSAD_DASK_ADDRESS``) when given,
+    else to a new LocalCluster with one single-threaded worker process per core."""
+    from distributed import Client, LocalCluster
+
+    address = address or os.environ.get(ADDRESS_ENV)
+    if address:
+        try:
+            client = Client(address, timeout="10s")
+        except (OSError, TimeoutError) as exc:
+            raise InputError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+        with client:
+            yield client
+        return
+    workers = n_workers or max(1, os.cpu_count() or 1)
+    with LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                      dashboard_address=dashboard_address, silence_logs=logging.ERROR) as cluster:
+        with Client(cluster) as client:
+            yield client
+
+
+def dashboard_link(client) -> str | None:
+    try:
+        return client.dashboard_link
+    except Exception:  # no dashboard (bokeh missing, or disabled)
+        return None
+
+
+def describe(client) -> dict:
+    """Scheduler address, dashboard link and workers (name, threads, resources) for run.json."""
+    if client is None:
+        return {"scheduler": "local threads"}
+    info = client.scheduler_info()
+    workers = [
+        {"address": addr, "name": str(w.get("name")), "nthreads": w.get("nthreads"), "resources": w.get("resources", {})}
+        for addr, w in info.get("workers", {}).items()
+    ]
+    return {"scheduler": client.scheduler.address, "dashboard": dashboard_link(client), "workers": workers}

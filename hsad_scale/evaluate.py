@@ -1,0 +1,76 @@
+"""ROC evaluation of score maps against ground truth (higher score = more anomalous)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from hsad_scale.errors import InputError
+
+LOW_FPRS = (1e-3, 1e-2, 1e-1)
+PARTIAL_AUC_MAX_FPR = 1e-2
+#: Common false-positive-rate grid for averaged ROC curves (log-spaced start, then linear).
+FPR_GRID = np.unique(np.concatenate([[0.0], np.logspace(-5, -1, 200), np.linspace(0.1, 1.0, 181)]))
+
+
+def valid_pairs(scores, truth) -> tuple[np.ndarray, np.ndarray]:
+    """Flattened finite scores and their labels (bool); InputError on shape or label problems."""
+    scores = np.asarray(scores, dtype=np.float64)
+    truth = np.asarray(truth)
+    if scores.shape != truth.shape:
+        raise InputError(f"ground truth has shape {truth.shape}, the score map is {scores.shape}")
+    keep = np.isfinite(scores).ravel()
+    labels = (np.nan_to_num(truth.astype(np.float64)).ravel() > 0)[keep]
+    if not labels.any():
+        raise InputError("ground truth holds no anomaly pixels (among pixels with a score)")
+    if labels.all():
+        raise InputError("ground truth marks every scored pixel as an anomaly")
+    return scores.ravel()[keep], labels
+
+
+def roc(scores, truth) -> tuple[np.ndarray, np.ndarray]:
+    """ROC curve (false-positive rate, true-positive rate), NaN scores left out."""
+    s, y = valid_pairs(scores, truth)
+    fpr, tpr, _ = roc_curve(y, s)
+    return fpr, tpr
+
+
+def tpr_at(fpr: np.ndarray, tpr: np.ndarray, at: float) -> float:
+    """TPR at a false-positive rate, by linear interpolation on the ROC curve."""
+    return float(np.interp(at, fpr, tpr))
+
+
+def partial_auc(fpr: np.ndarray, tpr: np.ndarray, max_fpr: float = PARTIAL_AUC_MAX_FPR) -> float:
+    """Area under the ROC curve for FPR in [0, max_fpr], divided by max_fpr (1 = perfect,
+    max_fpr/2 = random)."""
+    grid = np.concatenate([fpr[fpr < max_fpr], [max_fpr]])
+    return float(np.trapezoid(np.interp(grid, fpr, tpr), grid) / max_fpr)
+
+
+def metrics(scores, truth) -> dict:
+    """AUC, TPR at FPR 1e-3/1e-2/1e-1, normalised partial AUC up to FPR 1e-2, pixel counts."""
+    s, y = valid_pairs(scores, truth)
+    fpr, tpr, _ = roc_curve(y, s)
+    return {
+        "auc": float(roc_auc_score(y, s)),
+        **{f"tpr_at_fpr_{at:g}": tpr_at(fpr, tpr, at) for at in LOW_FPRS},
+        f"pauc_{PARTIAL_AUC_MAX_FPR:g}": partial_auc(fpr, tpr),
+        "n_anomaly": int(y.sum()),
+        "n_background": int((~y).sum()),
+    }
+
+
+def average_roc(curves, grid: np.ndarray = FPR_GRID) -> dict:
+    """Mean and standard deviation of TPR over runs on a common FPR grid.
+    ``curves``: iterable of (fpr, tpr). Returns arrays ``fpr``, ``tpr_mean``, ``tpr_std`` (grid,)."""
+    tprs = np.stack([np.interp(grid, f, t) for f, t in curves])
+    return {"fpr": grid, "tpr_mean": tprs.mean(axis=0), "tpr_std": tprs.std(axis=0)}
+
+
+def summarise_runs(per_run: list[dict]) -> dict:
+    """Mean and standard deviation of each numeric figure over runs."""
+    keys = [k for k, v in per_run[0].items() if isinstance(v, float)]
+    return {
+        "mean": {k: float(np.mean([r[k] for r in per_run])) for k in keys},
+        "std": {k: float(np.std([r[k] for r in per_run])) for k in keys},
+    }

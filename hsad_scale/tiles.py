@@ -1,0 +1,125 @@
+"""The Dask layer: background reductions over cube tiles and tile-wise scoring.
+
+Every function takes the cube as a DataArray ``(band, y, x)`` (dask-backed) and hands each
+tile to the plain-array maths as pixels ``(n_pixels, n_bands)``; invalid (NaN) pixels are
+skipped by the reductions and score NaN. Graph keys carry readable names for the
+dashboard's task stream (``rx-stats``, ``score-tile``...).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.base import tokenize
+
+from hsad_scale.stats import BackgroundStats
+
+PixelFn = Callable[[np.ndarray], np.ndarray]  # (n, bands) -> (n,) scores or (n, k) features
+
+
+def tile_pixels(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Valid pixels ``(n_valid, bands)`` of a tile ``(bands, ny, nx)`` and the valid mask ``(ny*nx,)``."""
+    pixels = block.reshape(block.shape[0], -1).T  # a view, Fortran-ordered
+    valid = np.isfinite(block.sum(axis=0)).ravel()
+    return (pixels if valid.all() else pixels[valid]), valid
+
+
+def _tile_stats(block: np.ndarray, fn: PixelFn | None) -> BackgroundStats:
+    pixels, _ = tile_pixels(block)
+    features = pixels if fn is None else fn(pixels)
+    if features.shape[0] == 0:
+        return BackgroundStats.empty(features.shape[1])
+    return BackgroundStats.from_pixels(features)
+
+
+def _merge(a: BackgroundStats, b: BackgroundStats) -> BackgroundStats:
+    return a.merge(b)
+
+
+def background_stats_graph(cube: xr.DataArray, fn: PixelFn | None = None, name: str = "rx-stats"):
+    """Delayed :class:`BackgroundStats` of the valid pixels (or of ``fn`` of them): per-tile
+    statistics merged pairwise in a tree, one pass over the cube."""
+    token = tokenize(cube.data, fn)
+    fn_key = dask.delayed(fn, pure=True) if fn is not None else None
+    blocks = cube.data.to_delayed().ravel()
+    parts = [
+        dask.delayed(_tile_stats, pure=True)(b, fn_key, dask_key_name=f"{name}-{token}-{i}")
+        for i, b in enumerate(blocks)
+    ]
+    level = 0
+    while len(parts) > 1:
+        pairs = [parts[i : i + 2] for i in range(0, len(parts), 2)]
+        parts = [
+            dask.delayed(_merge, pure=True)(*p, dask_key_name=f"{name}-merge-{token}-{level}-{i}") if len(p) == 2 else p[0]
+            for i, p in enumerate(pairs)
+        ]
+        level += 1
+    return parts[0]
+
+
+def background_stats(cube: xr.DataArray, fn: PixelFn | None = None, name: str = "rx-stats") -> BackgroundStats:
+    """Compute :func:`background_stats_graph` (on the current Dask client, if any)."""
+    return background_stats_graph(cube, fn, name).compute()
+
+
+def _tile_score(block: np.ndarray, fn: PixelFn, n_out: int) -> np.ndarray:
+    pixels, valid = tile_pixels(block)
+    out = np.full((n_out, valid.size), np.nan, dtype=np.float32)
+    if pixels.shape[0]:
+        scores = np.asarray(fn(pixels), dtype=np.float32)
+        out[:, valid] = scores.reshape(pixels.shape[0], n_out).T
+    return out.reshape(n_out, *block.shape[1:])
+
+
+def score_map(cube: xr.DataArray, fn: PixelFn, n_out: int = 1, name: str = "score-tile") -> xr.DataArray:
+    """Lazy map of ``fn`` over the cube's tiles: ``(y, x)`` float32 (or ``(output, y, x)`` when
+    ``n_out > 1``), with the cube's spatial coords (and CRS). ``fn`` is sent to each worker
+    once (a single graph key), not once per tile."""
+    fn_key = dask.delayed(fn, pure=True)
+    data = da.map_blocks(
+        _tile_score, cube.data, fn_key, n_out, dtype=np.float32,
+        chunks=((n_out,), *cube.data.chunks[1:]), name=f"{name}-{tokenize(cube.data, fn, n_out)}",
+    )
+    coords = {k: v for k, v in cube.coords.items() if "band" not in v.dims}
+    scores = xr.DataArray(data, dims=("output", "y", "x"), coords=coords)
+    return scores.isel(output=0, drop=True) if n_out == 1 else scores
+
+
+def band_range(cube: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band minimum and maximum ``(bands,)`` of valid pixels, one Dask reduction."""
+    low = da.nanmin(cube.data, axis=(1, 2))
+    high = da.nanmax(cube.data, axis=(1, 2))
+    low, high = dask.compute(low, high)
+    return np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+
+
+def _tile_sample(block: np.ndarray, picks: np.ndarray) -> np.ndarray:
+    pixels = block.reshape(block.shape[0], -1).T[picks]
+    return pixels[np.isfinite(pixels.sum(axis=1))].astype(np.float32)
+
+
+def sample_pixels(cube: xr.DataArray, n_samples: int, seed: int = 0) -> np.ndarray:
+    """Valid pixels ``(n, bands)`` float32: all of them when the scene has at most
+    ``n_samples`` pixels, else a uniform random sample of about that size (tile by tile)."""
+    _, ny, nx = cube.shape
+    total = ny * nx
+    rng = np.random.default_rng(seed)
+    chosen = np.arange(total) if total <= n_samples else np.sort(rng.choice(total, n_samples, replace=False))
+    rows, cols = np.divmod(chosen, nx)
+    parts = []
+    row_edges = np.cumsum((0, *cube.data.chunks[1]))
+    col_edges = np.cumsum((0, *cube.data.chunks[2]))
+    blocks = cube.data.to_delayed()
+    for bi in range(len(row_edges) - 1):
+        in_rows = (rows >= row_edges[bi]) & (rows < row_edges[bi + 1])
+        for bj in range(len(col_edges) - 1):
+            sel = in_rows & (cols >= col_edges[bj]) & (cols < col_edges[bj + 1])
+            if sel.any():
+                width = col_edges[bj + 1] - col_edges[bj]
+                local = (rows[sel] - row_edges[bi]) * width + (cols[sel] - col_edges[bj])
+                parts.append(dask.delayed(_tile_sample, pure=True)(blocks[0, bi, bj], local))
+    return np.concatenate(dask.compute(*parts), axis=0)
