@@ -27,12 +27,15 @@ def _detect(args) -> None:
 
 
 def _evaluate(args) -> None:
-    import numpy as np
-
     from hsad_scale.evaluate import metrics
 
     scores = _load_map(args.scores, args.variable)
-    truth = _load_map(args.gt, "ground_truth")
+    if Path(args.gt).is_dir():
+        truth = _load_map(args.gt, "ground_truth")
+    else:
+        from hsad_scale.readers.dispatch import read_ground_truth
+
+        truth = read_ground_truth(args.gt, scores.shape, args.gt_key)
     result = metrics(scores, truth)
     width = max(len(k) for k in result)
     for key, value in result.items():
@@ -41,12 +44,10 @@ def _evaluate(args) -> None:
         from hsad_scale.outputs import write_json
 
         write_json(Path(args.json), result)
-    del np
 
 
 def _load_map(path: str, variable: str):
-    """A 2-D map from a Zarr store (variable), a cube store (its ground truth), a GeoTIFF,
-    a .npy file or a .mat file with one 2-D array."""
+    """A 2-D map: a variable of a Zarr store, a single-band GeoTIFF or a .npy file."""
     import numpy as np
 
     p = Path(path)
@@ -59,10 +60,9 @@ def _load_map(path: str, variable: str):
             ds = xr.open_zarr(p, consolidated=False)
         except Exception as exc:
             raise InputError(f"{p} is not a readable Zarr store: {exc}") from None
-        name = variable if variable in ds else next((v for v in ("score", "ground_truth") if v in ds), None)
-        if name is None:
-            raise InputError(f"{p} holds none of the variables {variable!r}, 'score', 'ground_truth'")
-        return ds[name].values
+        if variable not in ds:
+            raise InputError(f"{p} holds no variable {variable!r} (it has {', '.join(map(str, ds.data_vars))})")
+        return ds[variable].values
     suffix = p.suffix.lower()
     if suffix == ".npy":
         return np.load(p, allow_pickle=False)
@@ -71,11 +71,7 @@ def _load_map(path: str, variable: str):
 
         with rasterio.open(p) as f:
             return f.read(1)
-    if suffix == ".mat":
-        from hsad_scale.readers.dispatch import read_ground_truth
-
-        return read_ground_truth(p)
-    raise InputError(f"cannot read a map from {p.name}: use a Zarr store, .tif, .npy or .mat")
+    raise InputError(f"cannot read a score map from {p.name}: use a Zarr store, .tif or .npy")
 
 
 def _synth(args) -> None:
@@ -118,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="ROC figures of a score map against ground truth")
     p.add_argument("scores", help="score map: scores.zarr, GeoTIFF or .npy")
-    p.add_argument("gt", help="ground truth: a cube store, .mat, GeoTIFF or .npy")
+    p.add_argument("gt", help="ground truth: a cube store (its ground_truth), .mat, GeoTIFF or .npy")
+    p.add_argument("--gt-key", help="variable holding the ground truth in a .mat file")
     p.add_argument("--variable", default="score", help="variable of a Zarr score store (default score)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.set_defaults(run=_evaluate)

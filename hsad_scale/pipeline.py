@@ -104,14 +104,14 @@ def run_detect(src, out, *, method: str = "rx", overwrite: bool = False, dask_ad
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(atomic_path(out, overwrite)))
         tmp.mkdir()
+        with stage("ingest"):  # first: bad input fails before a cluster starts
+            cube_path = prepare_cube(src, tmp, **(ingest_options or {}))
+        cube_ds = cubes.open_cube(cube_path)
         if client is None:
             client = stack.enter_context(cluster.dask_client(dask_address))
         link = cluster.dashboard_link(client)
         if link and not quiet:
             print(f"[hsad] Dask dashboard: {link}", file=sys.stderr)
-        with stage("ingest"):
-            cube_path = prepare_cube(src, tmp, **(ingest_options or {}))
-        cube_ds = cubes.open_cube(cube_path)
         with stage("rx-stats"):
             stats, model = fit_rx(cube_ds[cubes.CUBE])
         (tmp / "model").mkdir()

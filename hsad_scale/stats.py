@@ -117,13 +117,14 @@ class Whitener:
         }
 
     def mahalanobis(self, pixels: np.ndarray) -> np.ndarray:
-        """Squared Mahalanobis distance ``(n,)`` float64 of ``pixels`` ``(n, k)``; NaN rows give NaN."""
-        if self.precision == "float32":
+        """Squared Mahalanobis distance ``(n,)`` float64 of ``pixels`` ``(n, k)``; NaN rows give NaN.
+        The product runs in float32 only for float32 pixels (never below the input's precision)."""
+        if self.precision == "float32" and pixels.dtype == np.float32:
             offset = self.mean.astype(np.float32)
             # the rounding of the mean to float32 is corrected exactly after the product
             correction = (self.matrix @ (offset.astype(np.float64) - self.mean)).astype(np.float32)
             matrix_t = self.matrix.T.astype(np.float32)
-            whitened = (pixels.astype(np.float32, copy=False) - offset) @ matrix_t
+            whitened = (pixels - offset) @ matrix_t
             whitened += correction
         else:
             whitened = (pixels.astype(np.float64, copy=False) - self.mean) @ self.matrix.T
