@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import auc, roc_curve
 
 from hsad_scale.errors import InputError
 
@@ -52,7 +52,7 @@ def metrics(scores, truth) -> dict:
     s, y = valid_pairs(scores, truth)
     fpr, tpr, _ = roc_curve(y, s)
     return {
-        "auc": float(roc_auc_score(y, s)),
+        "auc": float(auc(fpr, tpr)),  # trapezoids on the curve: equals roc_auc_score, one sort fewer
         **{f"tpr_at_fpr_{at:g}": tpr_at(fpr, tpr, at) for at in LOW_FPRS},
         f"pauc_{PARTIAL_AUC_MAX_FPR:g}": partial_auc(fpr, tpr),
         "n_anomaly": int(y.sum()),

@@ -20,7 +20,8 @@ _MAGIC = (
     (b"MATLAB", "mat"),
     (b"\x89HDF\r\n\x1a\n", "netcdf"),
     (b"CDF\x01", "netcdf"), (b"CDF\x02", "netcdf"), (b"CDF\x05", "netcdf"),
-    (b"II*\x00", "geotiff"), (b"MM\x00*", "geotiff"), (b"II+\x00", "geotiff"), (b"MM\x00+", "geotiff"),
+    (b"II*\x00", "geotiff"), (b"MM\x00*", "geotiff"),
+    (b"II+\x00", "geotiff"), (b"MM\x00+", "geotiff"),  # BigTIFF
     (b"ENVI", "envi"),
 )
 

@@ -83,9 +83,11 @@ def _wavelength(header: dict, n_bands: int, header_path: Path) -> np.ndarray | N
     try:
         w = np.array([float(v) for v in values], dtype=np.float64)
     except ValueError as e:
-        raise InputError(f"ENVI header {header_path}: wavelength is not numeric: {one_line(e)}") from e
+        raise InputError(f"ENVI header {header_path}: wavelength is not numeric: "
+                         f"{one_line(e)}") from e
     if w.size != n_bands:
-        raise InputError(f"ENVI header {header_path} lists {w.size} wavelengths for {n_bands} bands")
+        raise InputError(f"ENVI header {header_path} lists {w.size} wavelengths "
+                         f"for {n_bands} bands")
     return wavelength_nm(w, header.get("wavelength units"))
 
 

@@ -25,7 +25,8 @@ CHUNKS = {"band": -1, "y": "auto", "x": "auto"}
 _TO_NM = {
     **dict.fromkeys(("nm", "nanometer", "nanometers", "nanometre", "nanometres"), 1.0),
     **dict.fromkeys(
-        ("um", "µm", "μm", "micron", "microns", "micrometer", "micrometers", "micrometre", "micrometres"),
+        ("um", "µm", "μm", "micron", "microns", "micrometer", "micrometers", "micrometre",
+         "micrometres"),
         1e3,
     ),
     **dict.fromkeys(("mm", "millimeter", "millimeters", "millimetre", "millimetres"), 1e6),

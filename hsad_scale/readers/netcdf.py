@@ -56,7 +56,8 @@ def read_netcdf(path, cube_key: str | None = None, gt_key: str | None = None, *,
         crs=crs, transform=transform,
         nodata=None if nodata is None else np.asarray(nodata).ravel()[0].item(),
         attrs={"format": "netcdf", "path": str(p), "cube_key": name, "dims": (bdim, ydim, xdim),
-               **{k: var.attrs[k] for k in ("scale_factor", "add_offset", "units") if k in var.attrs}},
+               **{k: var.attrs[k] for k in ("scale_factor", "add_offset", "units")
+                  if k in var.attrs}},
     )
 
 
@@ -70,8 +71,8 @@ def _open(path, group: str | None = None) -> xr.Dataset:
                                    decode_times=False, decode_coords=False, **extra)
         except Exception as e:  # each engine has its own exception types for foreign files
             errors.append(f"{engine}: {one_line(e, 150)}")
-    raise InputError(f"cannot read {path} as NetCDF/HDF5{'' if group is None else f' group {group}'}"
-                     f" ({'; '.join(errors)})")
+    where = "" if group is None else f" group {group}"
+    raise InputError(f"cannot read {path}{where} as NetCDF/HDF5 ({'; '.join(errors)})")
 
 
 def _cube_name(ds: xr.Dataset, key: str | None, path) -> str:
@@ -86,7 +87,7 @@ def _cube_name(ds: xr.Dataset, key: str | None, path) -> str:
         return key
     cubes = [k for k, v in ds.data_vars.items() if v.ndim == 3 and v.dtype.kind in "biuf"]
     if len(cubes) != 1:
-        what = "no 3-D data variable" if not cubes else f"several 3-D variables ({', '.join(cubes)})"
+        what = f"several 3-D variables ({', '.join(cubes)})" if cubes else "no 3-D data variable"
         raise InputError(f"{what} in {path}; pass cube_key (variables: {_listing(ds)})")
     return cubes[0]
 
