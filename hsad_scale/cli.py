@@ -19,10 +19,14 @@ def _ingest(args) -> None:
 
 
 def _detect(args) -> None:
-    from hsad_scale.pipeline import run_detect
+    from hsad_scale.pipeline import DetectOptions, run_detect
 
+    metrics = tuple(m.strip() for m in args.metric.split(",") if m.strip()) if args.metric else None
+    options = DetectOptions(method=args.method, preset=args.preset, config_file=args.config,
+                            settings=tuple(args.set or ()), metrics=metrics, repeats=args.repeats,
+                            ensemble=args.ensemble, device=args.device, model=args.model)
     ingest_options = dict(gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk)
-    run_detect(args.src, args.out, method=args.method, overwrite=args.overwrite, dask_address=args.dask_address,
+    run_detect(args.src, args.out, options, overwrite=args.overwrite, dask_address=args.dask_address,
                ingest_options=ingest_options)
 
 
@@ -105,8 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("detect", help="score every pixel of a scene and write maps, metrics and plots")
     p.add_argument("src", help="a cube store (.zarr) or any scene file that ingest reads")
-    p.add_argument("--method", default="rx", help="rx (default), ae or vae")
+    p.add_argument("--method", default="rx", choices=("rx", "ae", "vae"), help="detector (default rx)")
     p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--preset", help="AE/VAE settings preset: default-ae, default-vae, study-ae, study-ae-4l, study-vae")
+    p.add_argument("--config", help="YAML file of AE/VAE settings (may name a preset)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one AE/VAE setting, e.g. --set epochs=5 --set latent=8")
+    p.add_argument("--metric", help="comma-separated AE/VAE scores to map (first one is `score`): "
+                                    "resid-mahal, mse, sam, l1, latent-mahal, joint-mahal")
+    p.add_argument("--repeats", type=int, default=1, help="AE/VAE trainings with seeds seed..seed+N-1 (default 1)")
+    p.add_argument("--ensemble", default="mean", choices=("mean", "max"),
+                   help="combine repeated runs' robustly normalised maps by mean (default) or maximum")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="training device (default auto)")
+    p.add_argument("--model", help="apply a saved model (RUN_DIR/model, a model folder, or rx_stats.npz) without refitting")
     p.add_argument("--dask-address", default=os.environ.get("HSAD_DASK_ADDRESS"),
                    help="scheduler of an existing Dask cluster (default: a LocalCluster; env HSAD_DASK_ADDRESS)")
     common_source(p)

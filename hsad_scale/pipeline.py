@@ -1,5 +1,5 @@
-"""The detect job as a short chain of library functions (the CLI and the Prefect flows call
-these same functions): prepare cube -> fit -> score -> write -> evaluate -> report."""
+"""The detect job as a short chain of library functions; the CLI and the Prefect flows call
+these same functions: prepare cube -> fit -> score -> write -> evaluate -> report."""
 
 from __future__ import annotations
 
@@ -9,16 +9,44 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import xarray as xr
 
-from hsad_scale import cluster, cube as cubes, evaluate, outputs, plots
+from hsad_scale import cluster, cube as cubes, evaluate, learned, outputs, plots
 from hsad_scale.atomic import atomic_path, check_destination
 from hsad_scale.errors import InputError
-from hsad_scale.stats import whitener
+from hsad_scale.stats import BackgroundStats, whitener
 from hsad_scale.tiles import background_stats, score_map
 
 METHODS = ("rx", "ae", "vae")
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """What to run. ``settings``: ``key=value`` overrides of the AE/VAE preset; ``metrics``:
+    the scores to map (first = ``score``; default the preset's metric); ``model``: a saved
+    model (AE/VAE folder, or RX ``rx_stats.npz`` / run folder) applied without refitting."""
+
+    method: str = "rx"
+    preset: str | None = None
+    config_file: str | None = None
+    settings: tuple = ()
+    metrics: tuple | None = None
+    repeats: int = 1
+    ensemble: str = "mean"
+    device: str = "auto"
+    model: str | None = None
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise InputError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.repeats < 1:
+            raise InputError(f"--repeats must be at least 1, got {self.repeats}")
+        if self.ensemble not in learned.ENSEMBLES:
+            raise InputError(f"unknown ensemble {self.ensemble!r}; choose from {', '.join(learned.ENSEMBLES)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise InputError(f"unknown device {self.device!r}; choose from auto, cpu, cuda")
+        if self.model is not None and not Path(self.model).exists():
+            raise InputError(f"model {self.model} does not exist")
 
 
 @dataclass
@@ -50,10 +78,23 @@ def prepare_cube(src: str | Path, run_dir: Path, **ingest_options) -> Path:
     return cubes.ingest(src, run_dir / "cube.zarr", **ingest_options)
 
 
-def fit_rx(cube: xr.DataArray):
-    """RX background statistics (one Dask reduction) and their whitening."""
-    stats = background_stats(cube, name="rx-stats")
+def fit_rx(cube: xr.DataArray, saved: str | Path | None = None):
+    """RX background statistics (one Dask reduction, or loaded from ``saved``) and their whitening."""
+    stats = load_rx_stats(saved) if saved else background_stats(cube, name="rx-stats")
+    if stats.n_features != cube.sizes["band"]:
+        raise InputError(f"saved statistics have {stats.n_features} bands, the cube has {cube.sizes['band']}")
     return stats, whitener(stats)
+
+
+def load_rx_stats(path: str | Path) -> BackgroundStats:
+    path = Path(path)
+    for candidate in (path, path / "rx_stats.npz", path / "model" / "rx_stats.npz"):
+        if candidate.is_file():
+            try:
+                return BackgroundStats.load(candidate)
+            except (OSError, KeyError, ValueError) as exc:
+                raise InputError(f"{candidate} holds no RX statistics: {exc}") from None
+    raise InputError(f"no RX statistics (rx_stats.npz) found in {path}")
 
 
 def rx_scores(cube: xr.DataArray, model) -> xr.Dataset:
@@ -63,40 +104,92 @@ def rx_scores(cube: xr.DataArray, model) -> xr.Dataset:
     return xr.Dataset({"score": score})
 
 
-def finish_scores(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset, client, stage: Stages) -> xr.Dataset:
-    """Write ``scores.zarr`` (and ``scores.tif`` when the cube has a CRS); return them reopened."""
+def write_score_store(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset, client) -> xr.Dataset:
+    """Write ``scores.zarr`` tile by tile on the cluster; return it reopened (lazily)."""
     if cube_ds.rio.crs is not None:
         scores = scores.rio.write_crs(cube_ds.rio.crs).rio.write_transform(cube_ds.rio.transform())
-    with stage("score"):
-        outputs.write_scores(scores, run_dir / "scores.zarr", client)
-    written = xr.open_zarr(run_dir / "scores.zarr", consolidated=False, decode_coords="all")
-    if cube_ds.rio.crs is not None:
-        with stage("geotiff"):
-            outputs.write_geotiff(written["score"], run_dir / "scores.tif")
-    return written
+    outputs.write_scores(scores, run_dir / "scores.zarr", client)
+    return xr.open_zarr(run_dir / "scores.zarr", consolidated=False, decode_coords="all")
 
 
-def evaluate_and_plot(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset, title: str) -> dict | None:
-    """``metrics.json`` and ``roc.png`` when the cube holds ground truth; ``map.png`` always."""
-    score = scores["score"].values
-    truth = cube_ds[cubes.GROUND_TRUTH].values if cubes.GROUND_TRUTH in cube_ds else None
-    plots.save(plots.plot_maps({title: score}, truth), run_dir / "map.png")
-    if truth is None:
+def write_geotiff(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset) -> bool:
+    """``scores.tif`` of the ``score`` map when the cube has a CRS."""
+    if cube_ds.rio.crs is None:
+        return False
+    outputs.write_geotiff(scores["score"], run_dir / "scores.tif")
+    return True
+
+
+def evaluate_scores(cube_ds: xr.Dataset, scores: xr.Dataset) -> dict | None:
+    """Figures of ``score`` (and of each ``score_<metric>``; of each run with their mean,
+    standard deviation and averaged ROC when repeated). None without ground truth."""
+    if cubes.GROUND_TRUTH not in cube_ds:
         return None
-    result = evaluate.metrics(score, truth)
-    fpr, tpr = evaluate.roc(score, truth)
-    outputs.write_json(run_dir / "metrics.json", result)
-    plots.save(plots.plot_roc({f"{title} (AUC {result['auc']:.4f})": {"fpr": fpr, "tpr": tpr}}), run_dir / "roc.png")
+    truth = cube_ds[cubes.GROUND_TRUTH].values
+    result = evaluate.metrics(scores["score"].values, truth)
+    others = {n[len("score_"):]: evaluate.metrics(scores[n].values, truth)
+              for n in scores.data_vars if n.startswith("score_") and not n.startswith("score_runs")}
+    if others:
+        result["per_metric"] = others
+    if "score_runs" in scores:
+        runs = [scores["score_runs"].isel(run=i).values for i in range(scores.sizes["run"])]
+        per_run = [evaluate.metrics(r, truth) for r in runs]
+        result["runs"] = per_run
+        result["runs_summary"] = evaluate.summarise_runs(per_run)
+        result["averaged_roc"] = evaluate.average_roc([evaluate.roc(r, truth) for r in runs])
     return result
 
 
-def run_detect(src, out, *, method: str = "rx", overwrite: bool = False, dask_address: str | None = None,
-               client=None, quiet: bool = False, ingest_options: dict | None = None) -> Path:
+def write_report_files(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset, result: dict | None, title: str) -> None:
+    """``metrics.json``, ``roc.png`` (with ground truth) and ``map.png``."""
+    truth = cube_ds[cubes.GROUND_TRUTH].values if cubes.GROUND_TRUTH in cube_ds else None
+    plots.save(plots.plot_maps({title: scores["score"].values}, truth), run_dir / "map.png")
+    if result is None:
+        return
+    outputs.write_json(run_dir / "metrics.json", result)
+    fpr, tpr = evaluate.roc(scores["score"].values, truth)
+    curves = {f"{title} (AUC {result['auc']:.4f})": {"fpr": fpr, "tpr": tpr}}
+    if "averaged_roc" in result:
+        mean_auc = result["runs_summary"]["mean"]["auc"]
+        curves[f"runs: mean ± 1 sd (AUC {mean_auc:.4f})"] = result["averaged_roc"]
+    plots.save(plots.plot_roc(curves, title=f"ROC: {title}"), run_dir / "roc.png")
+
+
+def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, client, stage: Stages):
+    """Fit the detector (or load it) and return (lazy score Dataset, details for run.json)."""
+    cube = cube_ds[cubes.CUBE]
+    (run_dir / "model").mkdir()
+    if options.method == "rx":
+        with stage("rx-stats"):
+            stats, model = fit_rx(cube, options.model)
+        stats.save(run_dir / "model" / "rx_stats.npz")
+        return rx_scores(cube, model), {"background": {"pixels": stats.count, **model.describe()}}
+    if options.model:
+        models = learned.load_models(options.model)
+        config, workers = models[0].config, []
+        with stage("sample"):
+            sample = learned.sample_pixels(cube, config.max_train_pixels, seed=config.seed)
+    else:
+        config = learned.resolve_config(options.method, options.preset, options.config_file, options.settings)
+        with stage("scaling-stats"):
+            scaling = learned.fit_scaling(cube, config)
+        with stage(f"train-{options.method}"):
+            models, sample, workers = learned.train_runs(client, cube, config, options.repeats, scaling, options.device)
+    for model in models:
+        model.save(run_dir / "model" / f"run-{model.config.seed}")
+    metrics = options.metrics or (config.metric,)
+    with stage(f"{options.method}-feature-stats"):
+        scores, details = learned.learned_scores(cube, models, metrics, sample, options.ensemble)
+    details.update(config=config.to_dict(), training_pixels=int(sample.shape[0]), train_workers=workers,
+                   training=[m.history for m in models])
+    return scores, details
+
+
+def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: bool = False,
+               dask_address: str | None = None, client=None, quiet: bool = False,
+               ingest_options: dict | None = None) -> Path:
     """Run one detection end to end into ``out`` (written whole, or not at all)."""
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    if method != "rx":
-        raise InputError(f"method {method!r} is not available yet")
+    options = options or DetectOptions()
     out = check_destination(out, overwrite)
     if not Path(src).exists():
         raise InputError(f"{src} does not exist")
@@ -112,29 +205,38 @@ def run_detect(src, out, *, method: str = "rx", overwrite: bool = False, dask_ad
         link = cluster.dashboard_link(client)
         if link and not quiet:
             print(f"[hsad] Dask dashboard: {link}", file=sys.stderr)
-        with stage("rx-stats"):
-            stats, model = fit_rx(cube_ds[cubes.CUBE])
-        (tmp / "model").mkdir()
-        stats.save(tmp / "model" / "rx_stats.npz")
-        scores = finish_scores(tmp, cube_ds, rx_scores(cube_ds[cubes.CUBE], model), client, stage)
+        lazy_scores, details = fit_and_score(cube_ds, options, tmp, client, stage)
+        with stage("score"):
+            scores = write_score_store(tmp, cube_ds, lazy_scores, client)
+        with stage("geotiff"):
+            write_geotiff(tmp, cube_ds, scores)
         with stage("evaluate"):
-            result = evaluate_and_plot(tmp, cube_ds, scores, method.upper())
-        run_info = {
-            "method": method,
-            "source": str(src),
-            "cube": str(Path(src).resolve() if cube_path == Path(src) else Path(out).resolve() / "cube.zarr"),
-            "shape": dict(cube_ds.sizes),
-            "chunks": list(cube_ds[cubes.CUBE].data.chunksize),
-            "background": {"pixels": stats.count, **model.describe()},
-            "metrics": result,
-            "stage_seconds": stage.seconds,
-            "dask": cluster.describe(client),
-            "versions": outputs.versions(),
-            "finished": outputs.now(),
-        }
-        outputs.write_json(tmp / "run.json", run_info)
+            result = evaluate_scores(cube_ds, scores)
+            write_report_files(tmp, cube_ds, scores, result, options.method.upper())
+        outputs.write_json(tmp / "run.json", run_record(src, out, cube_path, cube_ds, options, details, result,
+                                                         stage.seconds, client))
     if not quiet:
         print(f"[hsad] wrote {out}", file=sys.stderr)
         if result:
             print(f"[hsad] AUC {result['auc']:.4f}  TPR@FPR1e-2 {result['tpr_at_fpr_0.01']:.3f}", file=sys.stderr)
     return out
+
+
+def run_record(src, out, cube_path, cube_ds, options: DetectOptions, details: dict, result, seconds, client) -> dict:
+    """The content of ``run.json``."""
+    from dataclasses import asdict
+
+    return {
+        "method": options.method,
+        "options": asdict(options),
+        "source": str(src),
+        "cube": str(Path(src).resolve() if Path(cube_path) == Path(src) else Path(out).resolve() / "cube.zarr"),
+        "shape": dict(cube_ds.sizes),
+        "chunks": list(cube_ds[cubes.CUBE].data.chunksize),
+        **details,
+        "metrics": None if result is None else {k: v for k, v in result.items() if k != "averaged_roc"},
+        "stage_seconds": seconds,
+        "dask": cluster.describe(client),
+        "versions": outputs.versions(),
+        "finished": outputs.now(),
+    }

@@ -1,0 +1,204 @@
+"""The Dask layer of the learned detectors (AE, VAE): scaling statistics, training on pixels
+sampled from the cube (as cluster tasks, on a GPU worker where there is one), and tile-wise
+scoring of every run and metric in one pass over the cube.
+
+Scores of a run are the model's direct metric, or the squared Mahalanobis distance of its
+features (residual, latent means) to their background statistics over the whole scene.
+The ensemble of repeated runs is the mean (or per-pixel maximum) of each run's map after a
+robust normalisation, ``(s - median) / (1.4826 MAD)``, with median and MAD taken on the
+training sample's scores (so it needs no extra pass over the cube).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+import numpy as np
+import xarray as xr
+import yaml
+
+from hsad_scale.detectors import autoencoder as ae
+from hsad_scale.errors import InputError
+from hsad_scale.stats import Whitener, whitener
+from hsad_scale.tiles import background_stats, background_stats_graph, band_range, sample_pixels, score_map  # noqa: F401
+
+ENSEMBLES = ("mean", "max")
+DEFAULT_PRESET = {"ae": "default-ae", "vae": "default-vae"}
+MAD_TO_STD = 1.4826
+
+
+def resolve_config(method: str, preset: str | None = None, config_file: str | None = None,
+                   overrides: list[str] | tuple = ()) -> ae.AEConfig | ae.VAEConfig:
+    """Settings of a learned detector: a preset (default ``default-<method>``), then a YAML
+    file's keys (optionally with its own ``preset:``), then ``key=value`` overrides."""
+    values: dict = {}
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise InputError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise InputError(f"config file {path} must hold a mapping of settings")
+        preset = loaded.pop("preset", None) or preset
+        values.update(loaded.get("settings", loaded))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--set expects key=value, got {item!r}")
+        values[key.strip()] = yaml.safe_load(text)
+    preset = preset or DEFAULT_PRESET[method]
+    if preset not in ae.PRESETS:
+        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(ae.PRESETS)}")
+    base = ae.PRESETS[preset]
+    if base.kind != method:
+        raise InputError(f"preset {preset!r} is a {base.kind.upper()}, not a {method.upper()}")
+    try:
+        return type(base).from_dict({**base.to_dict(), **values})
+    except (TypeError, ValueError) as exc:
+        raise InputError(str(exc)) from None
+
+
+def fit_scaling(cube: xr.DataArray, config, stats=None) -> ae.BandScaling:
+    """Per-band scaling from a Dask reduction over the cube: background mean and standard
+    deviation (``standardise``; the RX reduction) or band minima and maxima."""
+    if config.scaling == "standardise":
+        return ae.BandScaling.from_stats(stats if stats is not None else background_stats(cube, name="scaling-stats"))
+    low, high = band_range(cube)
+    return ae.BandScaling.from_minmax(low, high, config.scaling)
+
+
+def _train(pixels: np.ndarray, config, scaling: ae.BandScaling, device: str):
+    """One training run (a cluster task): returns the model (on the CPU) and the worker's name."""
+    from distributed import get_worker
+
+    model = ae.fit(pixels, config, scaling, device=device)
+    model.net.to("cpu")
+    try:
+        worker = get_worker().name
+    except ValueError:
+        worker = None
+    return model, worker
+
+
+def gpu_resources(client) -> dict | None:
+    """``{"GPU": 1}`` when some worker of the cluster declares a GPU resource, else None."""
+    if client is None:
+        return None
+    workers = client.scheduler_info().get("workers", {}).values()
+    return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers) else None
+
+
+def train_runs(client, cube: xr.DataArray, config, repeats: int, scaling: ae.BandScaling, device: str = "auto"):
+    """Train ``repeats`` models with seeds ``config.seed + i`` on one shared pixel sample
+    (all valid pixels of a small scene, else ``max_train_pixels`` drawn uniformly). Each run is
+    a cluster task ``train-<kind>-<i>``, placed on a GPU worker when the cluster has one.
+    Returns (models, training sample, worker name per run)."""
+    pixels = sample_pixels(cube, config.max_train_pixels, seed=config.seed)
+    if pixels.shape[0] < 2:
+        raise InputError("the cube has fewer than two valid pixels to train on")
+    configs = [config.replace(seed=config.seed + i) for i in range(repeats)]
+    if client is None:
+        results = [_train(pixels, c, scaling, device) for c in configs]
+    else:
+        shared = client.scatter(pixels, broadcast=False)
+        token = dask.base.tokenize(pixels, config, scaling, device)
+        futures = [client.submit(_train, shared, c, scaling, device, key=f"train-{config.kind}-{i}-{token}",
+                                 resources=gpu_resources(client), pure=False) for i, c in enumerate(configs)]
+        results = client.gather(futures)
+    return [m for m, _ in results], pixels, [w for _, w in results]
+
+
+@dataclass
+class RunScorer:
+    """Picklable tile function: pixels ``(n, B)`` -> one score column per (run, metric),
+    Mahalanobis metrics whitened with their background statistics."""
+
+    models: list
+    metrics: tuple
+    whiteners: dict  # (run, metric) -> Whitener
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        columns = []
+        for r, model in enumerate(self.models):
+            for metric in self.metrics:
+                out = model.score(pixels, metric)
+                w: Whitener | None = self.whiteners.get((r, metric))
+                columns.append(w.mahalanobis(out) if w is not None else out)
+        return np.stack(columns, axis=1).astype(np.float32)
+
+
+@dataclass
+class _Features:
+    model: object
+    metric: str
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self.model.score(pixels, self.metric)
+
+
+def feature_whiteners(cube: xr.DataArray, models: list, metrics: tuple) -> dict:
+    """Whitening of each (run, Mahalanobis metric)'s features, from their background
+    statistics over the whole cube: all of them in one pass."""
+    wanted = [(r, m) for r in range(len(models)) for m in metrics if ae.METRIC_KIND[m] == "mahalanobis"]
+    graphs = [background_stats_graph(cube, _Features(models[r], m), name=f"{m}-stats") for r, m in wanted]
+    return {key: whitener(stats) for key, stats in zip(wanted, dask.compute(*graphs))}
+
+
+def robust_normaliser(scores: np.ndarray) -> tuple[float, float]:
+    """(median, 1.4826 x MAD) of finite scores; the spread never below a tiny positive value."""
+    finite = scores[np.isfinite(scores)]
+    median = float(np.median(finite))
+    spread = float(np.median(np.abs(finite - median))) * MAD_TO_STD
+    return median, max(spread, 1e-12 * max(abs(median), 1.0), np.finfo(np.float32).tiny)
+
+
+def learned_scores(cube: xr.DataArray, models: list, metrics: tuple, sample: np.ndarray,
+                   ensemble: str = "mean") -> tuple[xr.Dataset, dict]:
+    """Lazy score maps: for the first metric ``score_runs`` ``(run, y, x)`` and the ensemble
+    ``score`` ``(y, x)``; for each further metric ``score_runs_<metric>`` and ``score_<metric>``.
+    Returns the Dataset and the background/normalisation details for run.json."""
+    if ensemble not in ENSEMBLES:
+        raise InputError(f"unknown ensemble {ensemble!r}; choose from {', '.join(ENSEMBLES)}")
+    scorer = RunScorer(models, tuple(metrics), feature_whiteners(cube, models, metrics))
+    on_sample = scorer(sample)
+    normalisers = [robust_normaliser(on_sample[:, j]) for j in range(on_sample.shape[1])]
+    maps = score_map(cube, scorer, n_out=len(models) * len(metrics), name="score-tile")
+    runs = [m.config.seed for m in models]
+    ds = xr.Dataset()
+    for k, metric in enumerate(metrics):
+        columns = [r * len(metrics) + k for r in range(len(models))]
+        per_run = maps.isel(output=columns).rename(output="run").assign_coords(run=runs)
+        centre = xr.DataArray([normalisers[j][0] for j in columns], dims="run", coords={"run": runs})
+        spread = xr.DataArray([normalisers[j][1] for j in columns], dims="run", coords={"run": runs})
+        normalised = (per_run - centre) / spread
+        combined = normalised.mean("run") if ensemble == "mean" else normalised.max("run")
+        suffix = "" if k == 0 else f"_{metric}"
+        ds[f"score_runs{suffix}"] = per_run.astype(np.float32).assign_attrs(long_name=f"{metric} score of each run")
+        ds[f"score{suffix}"] = combined.astype(np.float32).assign_attrs(
+            long_name=f"{ensemble} of robustly normalised {metric} scores over {len(models)} run(s)")
+    details = {
+        "metrics": list(metrics),
+        "ensemble": ensemble,
+        "normalisers": {f"run{r}-{m}": normalisers[r * len(metrics) + k]
+                        for r in range(len(models)) for k, m in enumerate(metrics)},
+        "feature_background": {f"run{r}-{m}": w.describe() for (r, m), w in scorer.whiteners.items()},
+    }
+    return ds, details
+
+
+def load_models(path: str | Path, device: str = "cpu") -> list:
+    """Models saved by a run: a model folder (``model.json``), or a folder of them
+    (``RUN_DIR/model`` with ``run-*/``), or a run folder."""
+    path = Path(path)
+    for candidate in (path, path / "model"):
+        if (candidate / "model.json").is_file():
+            return [ae.TrainedModel.load(candidate, device=device)]
+        runs = sorted(candidate.glob("run-*/model.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+        if runs:
+            return [ae.TrainedModel.load(p.parent, device=device) for p in runs]
+    raise InputError(f"no saved model found in {path} (expected model.json or run-*/model.json)")
