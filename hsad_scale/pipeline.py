@@ -155,6 +155,13 @@ def write_report_files(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset, r
     plots.save(plots.plot_roc(curves, title=f"ROC: {title}"), run_dir / "roc.png")
 
 
+def learned_config(options: DetectOptions):
+    """The AE/VAE settings the options ask for (None for RX or a saved model)."""
+    if options.method == "rx" or options.model:
+        return None
+    return learned.resolve_config(options.method, options.preset, options.config_file, options.settings)
+
+
 def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, client, stage: Stages):
     """Fit the detector (or load it) and return (lazy score Dataset, details for run.json)."""
     cube = cube_ds[cubes.CUBE]
@@ -170,7 +177,7 @@ def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, cl
         with stage("sample"):
             sample = learned.sample_pixels(cube, config.max_train_pixels, seed=config.seed)
     else:
-        config = learned.resolve_config(options.method, options.preset, options.config_file, options.settings)
+        config = learned_config(options)
         with stage("scaling-stats"):
             scaling = learned.fit_scaling(cube, config)
         with stage(f"train-{options.method}"):
@@ -193,6 +200,7 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
     out = check_destination(out, overwrite)
     if not Path(src).exists():
         raise InputError(f"{src} does not exist")
+    learned_config(options)  # bad settings fail before any work starts
     stage = Stages(quiet=quiet)
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(atomic_path(out, overwrite)))

@@ -1,0 +1,100 @@
+"""AE/VAE on cubes: the Dask tile-wise scores against scoring the whole array at once, and the
+CLI's repeats, ensembles, saved models and settings errors."""
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from hsad_scale import cube as cubes, learned
+from hsad_scale.cli import main
+from hsad_scale.detectors import autoencoder as ae
+from hsad_scale.synth import SceneSpec, synth
+
+FAST = ["--set", "epochs=1", "--set", "max_steps=40", "--set", "members=1", "--set", "holdout=0.0"]
+
+
+@pytest.fixture(scope="module")
+def small_cube(tmp_path_factory):
+    return synth(tmp_path_factory.mktemp("cube") / "scene.zarr", SceneSpec(64, 48, 16, seed=2), chunk=(24))
+
+
+@pytest.mark.parametrize("method", ["ae", "vae"])
+def test_tile_wise_scores_equal_whole_array_scores(small_cube, client, method):
+    ds = cubes.open_cube(small_cube)
+    cube = ds[cubes.CUBE].chunk({"y": 17, "x": 13})
+    config = learned.resolve_config(method, overrides=["epochs=1", "max_steps=40", "members=2"])
+    scaling = learned.fit_scaling(cube, config)
+    models, sample, workers = learned.train_runs(client, cube, config, 2, scaling, "cpu")
+    assert len(models) == 2 and len(workers) == 2
+    metrics = ("resid-mahal", "mse", "sam") if method == "ae" else ("latent-mahal", "joint-mahal", "l1")
+    scores, details = learned.learned_scores(cube, models, metrics, sample)
+    pixels = ds[cubes.CUBE].values.reshape(16, -1).T
+    for k, metric in enumerate(metrics):
+        name = "score_runs" if k == 0 else f"score_runs_{metric}"
+        for r, model in enumerate(models):
+            expected = ae.score_in_memory(model, pixels, metric).reshape(64, 48)
+            np.testing.assert_allclose(scores[name].isel(run=r).values, expected, rtol=2e-4, atol=1e-6,
+                                       err_msg=f"{method} {metric} run {r}")
+    assert set(details["feature_background"]) == {f"run{r}-{m}" for r in range(2) for m in metrics
+                                                 if ae.METRIC_KIND[m] == "mahalanobis"}
+
+
+def test_detect_ae_with_repeats_writes_runs_ensemble_and_models(small_cube, tmp_path, client):
+    out = tmp_path / "run"
+    args = ["detect", str(small_cube), "--method", "ae", "--repeats", "2", "--metric", "resid-mahal,sam",
+            "--out", str(out), "--dask-address", client.scheduler.address, *FAST]
+    assert main(args) == 0
+    scores = xr.open_zarr(out / "scores.zarr")
+    assert scores["score_runs"].dims == ("run", "y", "x") and scores.sizes["run"] == 2
+    assert list(scores["run"].values) == [0, 1]
+    assert {"score", "score_sam", "score_runs_sam"} <= set(scores.data_vars)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["runs"]) == 2 and "sam" in metrics["per_metric"]
+    assert set(metrics["runs_summary"]) == {"mean", "std"}
+    assert len(metrics["averaged_roc"]["tpr_mean"]) == len(metrics["averaged_roc"]["fpr"])
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["epochs"] == 1 and run["training_pixels"] == 64 * 48
+    assert sorted(p.name for p in (out / "model").iterdir()) == ["run-0", "run-1"]
+
+    # the saved models score the same cube identically without retraining
+    again = tmp_path / "again"
+    assert main(["detect", str(small_cube), "--method", "ae", "--model", str(out), "--metric", "resid-mahal,sam",
+                 "--out", str(again), "--dask-address", client.scheduler.address]) == 0
+    np.testing.assert_array_equal(xr.open_zarr(again / "scores.zarr")["score_runs"].values, scores["score_runs"].values)
+
+
+def test_max_ensemble_is_the_per_pixel_maximum_of_normalised_runs(small_cube, tmp_path, client):
+    out = tmp_path / "run"
+    assert main(["detect", str(small_cube), "--method", "vae", "--repeats", "2", "--ensemble", "max",
+                 "--out", str(out), "--dask-address", client.scheduler.address, *FAST]) == 0
+    scores = xr.open_zarr(out / "scores.zarr")
+    norms = json.loads((out / "run.json").read_text())["normalisers"]
+    metric = ae.PRESETS["default-vae"].metric
+    normalised = [(scores["score_runs"].isel(run=r).values - norms[f"run{r}-{metric}"][0]) / norms[f"run{r}-{metric}"][1]
+                  for r in range(2)]
+    np.testing.assert_allclose(scores["score"].values, np.maximum(*normalised), rtol=1e-5, atol=1e-5)
+
+
+def test_rx_statistics_apply_to_another_acquisition(small_cube, tmp_path, client):
+    first = tmp_path / "first"
+    assert main(["detect", str(small_cube), "--out", str(first), "--dask-address", client.scheduler.address]) == 0
+    other = synth(tmp_path / "other.zarr", SceneSpec(40, 40, 16, seed=9), chunk=20)
+    applied = tmp_path / "applied"
+    assert main(["detect", str(other), "--model", str(first), "--out", str(applied),
+                 "--dask-address", client.scheduler.address]) == 0
+    from hsad_scale.stats import BackgroundStats, whitener
+
+    stats = BackgroundStats.load(first / "model" / "rx_stats.npz")
+    pixels = cubes.open_cube(other)[cubes.CUBE].values.reshape(16, -1).T
+    expected = whitener(stats).mahalanobis(pixels).reshape(40, 40)
+    np.testing.assert_allclose(xr.open_zarr(applied / "scores.zarr")["score"].values, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [["--set", "nonsense=3"], ["--set", "epochs=-1"], ["--preset", "no-such"],
+                                 ["--preset", "study-vae"], ["--set", "epochs"]])
+def test_bad_settings_exit_2(small_cube, tmp_path, bad, capsys):
+    assert main(["detect", str(small_cube), "--method", "ae", "--out", str(tmp_path / "run"), *bad]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("hsad: error:")
+    assert not (tmp_path / "run").exists()
