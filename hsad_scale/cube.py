@@ -102,7 +102,8 @@ def write_cube(ds: xr.Dataset, dest: str | Path, *, compression: str = "none", o
         raise InputError(f"unknown compression {compression!r}; choose from {', '.join(COMPRESSIONS)}")
     n_bands = ds.sizes["band"]
     chunks = (n_bands, *ds[CUBE].data.chunksize[1:])
-    encoding = {CUBE: {"chunks": chunks, "compressors": _compressors(compression)}}
+    kept = {k: v for k, v in ds[CUBE].encoding.items() if k == "grid_mapping"}  # rioxarray's CRS link
+    encoding = {CUBE: {**kept, "chunks": chunks, "compressors": _compressors(compression)}}
     with atomic_path(dest, overwrite) as tmp:
         job = ds.to_zarr(tmp, encoding=encoding, compute=False, consolidated=False)
         # local threads: sources are files on this machine, and h5py/mat readers need no pickling
