@@ -82,12 +82,14 @@ def _is_real(value) -> bool:
 
 @dataclass(frozen=True)
 class _BaseConfig:
-    """Settings shared by the AE and the VAE. Every field is validated on construction."""
+    """Settings shared by the AE and the VAE. Every field is validated on construction.
+    The field defaults of :class:`AEConfig` / :class:`VAEConfig` are the ``default-ae`` /
+    ``default-vae`` presets; the study's settings are the ``study-*`` presets."""
 
     kind: ClassVar[str] = ""
     metrics: ClassVar[tuple[str, ...]] = ()
 
-    layers: int = 2  # Linear layers in the encoder, the last one maps to the latent
+    layers: int = 3  # Linear layers in the encoder, the last one maps to the latent
     latent: int = 4
     width: int = 64  # first hidden width; later ones follow width_schedule
     width_schedule: str = "halving"  # halving: 64-32-16...; constant; geometric: width..latent
@@ -100,13 +102,13 @@ class _BaseConfig:
     batch_size: int = 32
     lr: float = 1e-3
     seed: int = 0
-    members: int = 1  # networks trained together; reconstructions averaged
+    members: int = 4  # networks trained together; reconstructions averaged, latents concatenated
     max_train_pixels: int = 200_000  # training sample is drawn at random above this
-    max_steps: int | None = None  # cap on optimiser steps (None: epochs x batches)
-    min_steps: int = 0  # small samples: run extra epochs until this many steps (capped by max_steps)
-    holdout: float = 0.0  # fraction of the training sample held back for early stopping
+    max_steps: int | None = 300  # cap on optimiser steps (None: epochs x batches)
+    min_steps: int = 0  # small samples: extra passes until this many steps (capped by max_steps)
+    holdout: float = 0.0  # fraction of the training sample held back to monitor / early-stop
     patience: int = 0  # epochs without held-out improvement before stopping (0: never stop)
-    metric: str = ""  # default metric for scoring
+    metric: str = ""  # default metric for scoring ("" = the detector's first metric)
 
     def __post_init__(self):
         for name in ("layers", "latent", "width", "epochs", "batch_size", "seed", "members",
@@ -174,8 +176,18 @@ class _BaseConfig:
         base.update(d)
         if isinstance(base.get("hidden"), list):
             base["hidden"] = tuple(base["hidden"])
-        if _is_int(base.get("lr")):
-            base["lr"] = float(base["lr"])
+        for name in ("max_steps", "hidden"):  # "none" from a command line means None
+            if isinstance(base.get(name), str) and base[name].strip().lower() in ("none", "null", ""):
+                base[name] = None
+        for name in ("lr", "holdout", "beta"):  # YAML reads 1e-3 (no dot) as a string
+            value = base.get(name)
+            if isinstance(value, str):
+                try:
+                    base[name] = float(value)
+                except ValueError:
+                    pass  # __post_init__ reports it
+            elif _is_int(value):
+                base[name] = float(value)
         return cls(**base)
 
     def to_dict(self) -> dict[str, Any]:
@@ -210,11 +222,11 @@ class _BaseConfig:
 
 @dataclass(frozen=True)
 class AEConfig(_BaseConfig):
-    """Autoencoder settings; the field defaults are the study's 2-layer AE."""
+    """Autoencoder settings; the field defaults are the ``default-ae`` preset."""
 
     kind: ClassVar[str] = "ae"
     metrics: ClassVar[tuple[str, ...]] = AE_METRICS
-    latent_activation: str = "relu"  # the study puts ReLU on the latent; "linear" avoids dead units
+    latent_activation: str = "linear"  # the study puts ReLU on the latent (dead units)
 
     def __post_init__(self):
         super().__post_init__()
@@ -224,18 +236,14 @@ class AEConfig(_BaseConfig):
 
 @dataclass(frozen=True)
 class VAEConfig(_BaseConfig):
-    """VAE settings; the field defaults are the study's VAE."""
+    """VAE settings; the field defaults are the ``default-vae`` preset. ``layers`` counts
+    the encoder's Linear layers including the mean / log-variance branches."""
 
     kind: ClassVar[str] = "vae"
     metrics: ClassVar[tuple[str, ...]] = VAE_METRICS
-    layers: int = 2  # B-16 then the mean / log-variance branches into the latent
-    latent: int = 2
-    width: int = 16
-    loss: str = "l1"
-    loss_reduction: str = "sum"
-    epochs: int = 5
-    batch_size: int = 128
-    beta: float = 5.0  # weight of KL(N(mu, sigma^2) || N(0, I)), summed over latent units
+    loss_reduction: str = "sum"  # the reconstruction term sums over bands, as in the study
+    metric: str = "joint-mahal"
+    beta: float = 1.0  # weight of KL(N(mu, sigma^2) || N(0, I)), summed over latent units
 
     def __post_init__(self):
         super().__post_init__()
@@ -257,30 +265,27 @@ def config_from_dict(d: dict[str, Any]) -> AEConfig | VAEConfig:
     return classes[kind].from_dict(d)
 
 
-_STUDY = dict(scaling="global-minmax", output_activation="sigmoid")
-
-#: Default settings (see docs/detectors.md for how they were chosen on the shared scenes).
-DEFAULT_AE = AEConfig(
-    layers=2, latent=4, width=64, latent_activation="linear", scaling="standardise",
-    output_activation="linear", loss="mse", epochs=20, batch_size=32, lr=1e-3, min_steps=0,
-    max_steps=4000, holdout=0.1, patience=2, members=4, metric="resid-mahal",
-)
-DEFAULT_VAE = VAEConfig(
-    layers=2, latent=4, width=64, scaling="standardise", output_activation="linear", loss="mse",
-    loss_reduction="sum", beta=1.0, epochs=20, batch_size=32, lr=1e-3, max_steps=4000, holdout=0.1,
-    patience=2, members=4, metric="joint-mahal",
-)
+#: The study's training set-up: one global min-max scaling, sigmoid output, one network,
+#: every pixel once per epoch, no step cap.
+_STUDY = dict(scaling="global-minmax", output_activation="sigmoid", members=1, max_steps=None,
+              max_train_pixels=10**9)
 
 PRESETS: dict[str, AEConfig | VAEConfig] = {
-    "study-ae": AEConfig(layers=2, latent=4, width=64, latent_activation="relu", loss="mse",
-                         epochs=1, batch_size=32, lr=1e-3, metric="mse", **_STUDY),
-    "study-ae-4l": AEConfig(layers=4, latent=4, width=64, latent_activation="relu", loss="mse",
-                            epochs=1, batch_size=32, lr=1e-3, metric="mse", **_STUDY),
-    "study-vae": VAEConfig(layers=2, latent=2, width=16, loss="l1", loss_reduction="sum", beta=5.0,
-                           epochs=5, batch_size=128, lr=1e-3, metric="latent-mahal", **_STUDY),
-    "default-ae": DEFAULT_AE,
-    "default-vae": DEFAULT_VAE,
+    # B-64-4-64-B, ReLU on the latent, MSE, 1 epoch, batch 32
+    "study-ae": AEConfig(layers=2, latent=4, width=64, latent_activation="relu", loss="mse", epochs=1,
+                         batch_size=32, lr=1e-3, metric="mse", **_STUDY),
+    # B-64-32-16-4-16-32-64-B
+    "study-ae-4l": AEConfig(layers=4, latent=4, width=64, latent_activation="relu", loss="mse", epochs=1,
+                            batch_size=32, lr=1e-3, metric="mse", **_STUDY),
+    # B-16-(mu, logvar: 2)-16-B, L1 summed over bands + 5 KL, 5 epochs, batch 128
+    "study-vae": VAEConfig(layers=2, latent=2, width=16, loss="l1", loss_reduction="sum", beta=5.0, epochs=5,
+                           batch_size=128, lr=1e-3, metric="latent-mahal", **_STUDY),
+    # chosen on the shared scenes: docs/detectors.md
+    "default-ae": AEConfig(),
+    "default-vae": VAEConfig(),
 }
+DEFAULT_AE = PRESETS["default-ae"]
+DEFAULT_VAE = PRESETS["default-vae"]
 
 
 # --------------------------------------------------------------------------------------
@@ -551,10 +556,7 @@ def _fit(pixels_train, config, scaling, dev) -> "TrainedModel":
 
     m, bs = config.members, min(config.batch_size, n)
     per_epoch = math.ceil(n / bs)
-    epochs = config.epochs
-    if config.min_steps and epochs * per_epoch < config.min_steps:
-        epochs = math.ceil(config.min_steps / per_epoch)
-    total = epochs * per_epoch
+    total = max(config.epochs * per_epoch, config.min_steps)
     if config.max_steps is not None:
         total = min(total, config.max_steps)
     epochs = math.ceil(total / per_epoch)
@@ -681,7 +683,16 @@ class TrainedModel:
         pixels = np.asarray(pixels)
         if pixels.ndim != 2 or pixels.shape[1] != self.bands:
             raise ValueError(f"pixels must be (n, {self.bands}), got shape {pixels.shape}")
-        return self._forward(pixels, want=metric)
+        try:
+            return self._forward(pixels, want=metric)
+        except RuntimeError as exc:
+            if self.device.type != "cuda" or not _is_oom(exc):
+                raise
+            torch.cuda.empty_cache()
+            warnings.warn(f"CUDA ran out of memory while scoring ({exc}); moving the model to the CPU",
+                          CudaFallbackWarning, stacklevel=2)
+            self.net.to("cpu")
+            return self._forward(pixels, want=metric)
 
     def _forward(self, pixels: np.ndarray, want: str) -> np.ndarray:
         n = pixels.shape[0]
