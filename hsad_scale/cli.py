@@ -19,6 +19,8 @@ def _ingest(args) -> None:
 
 
 def _detect(args) -> None:
+    if getattr(args, "flow", False):
+        return _detect_flow(args)
     from hsad_scale.pipeline import DetectOptions, run_detect
 
     metrics = tuple(m.strip() for m in args.metric.split(",") if m.strip()) if args.metric else None
@@ -28,6 +30,91 @@ def _detect(args) -> None:
     ingest_options = dict(gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk)
     run_detect(args.src, args.out, options, overwrite=args.overwrite, dask_address=args.dask_address,
                ingest_options=ingest_options)
+
+
+def _detect_flow(args) -> None:
+    """``hsad detect --flow``: the same run as a run of the Prefect ``detect`` flow (Prefect's
+    API starts in the background first, while the rest loads and the cluster starts)."""
+    from hsad_scale.atomic import check_destination
+
+    check_destination(args.out, args.overwrite)  # bad input fails before Prefect starts
+    if not Path(args.src).exists():
+        raise InputError(f"{args.src} does not exist")
+    from flows import local_run, start_prefect
+
+    prefect = start_prefect()
+    from hsad_scale.pipeline import DetectOptions, learned_config
+
+    metrics = [m.strip() for m in args.metric.split(",") if m.strip()] if args.metric else None
+    learned_config(DetectOptions(method=args.method, preset=args.preset, config_file=args.config,
+                                 settings=tuple(args.set or ()), metrics=tuple(metrics) if metrics else None,
+                                 repeats=args.repeats, ensemble=args.ensemble, device=args.device, model=args.model))
+    from flows.detect import detect
+
+    with local_run(args.dask_address, prefect=prefect) as address:
+        detect(src=args.src, out=args.out, method=args.method, preset=args.preset, config=args.config,
+               settings=list(args.set or ()), metrics=metrics, repeats=args.repeats, ensemble=args.ensemble,
+               device=args.device, model=args.model, overwrite=args.overwrite, dask_address=address, gt=args.gt,
+               cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk)
+
+
+def _sweep(args) -> None:
+    from hsad_scale import sweep as sweeps
+    from hsad_scale.atomic import check_destination
+
+    sweeps.load_grid(args.grid, args.repeats, args.criterion)  # bad input fails before Prefect starts
+    check_destination(args.out, args.overwrite)
+    if not Path(args.cube).exists():
+        raise InputError(f"{args.cube} does not exist")
+    from flows import local_run, start_prefect
+
+    prefect = start_prefect()
+    from flows.sweep import sweep
+
+    with local_run(args.dask_address, prefect=prefect) as address:
+        best = sweep(cube=args.cube, grid=args.grid, out=args.out, repeats=args.repeats, criterion=args.criterion,
+                     device=args.device, dask_address=address, overwrite=args.overwrite)
+    if best is None:
+        raise RuntimeError(f"every trial failed (see the error column of {Path(args.out) / 'results.csv'})")
+
+
+def _watch_options(args) -> dict:
+    """Detector options of watch/serve, validated now."""
+    from hsad_scale.pipeline import DetectOptions, learned_config
+
+    learned_config(DetectOptions(method=args.method, preset=args.preset, config_file=args.config,
+                                 settings=tuple(args.set or ()), device=args.device))
+    return dict(method=args.method, preset=args.preset, config=args.config, settings=list(args.set or ()) or None,
+                device=args.device)
+
+
+def _watch(args) -> None:
+    from hsad_scale import watch as watching
+
+    params = _watch_options(args)
+    watching.landing_fs(args.landing)
+    watching.prepare_output(args.out)
+    from flows import local_run, start_prefect
+
+    prefect = start_prefect()
+    from flows.watch import watch
+
+    with local_run(args.dask_address, start_cluster=False, prefect=prefect) as address:
+        rows = watch(landing=args.landing, out=args.out, dask_address=address, **params)
+    failed = [r for r in rows if r["status"] == "failed"]
+    if failed:
+        first = f"{failed[0]['acquisition']}: {failed[0]['error']}"
+        message = f"{len(failed)} of {len(rows)} acquisition(s) failed (recorded in {Path(args.out) / 'ledger.json'}); {first}"
+        if all(r.get("error_kind") == "input" for r in failed):
+            raise InputError(message)
+        raise RuntimeError(message)
+
+
+def _serve(args) -> None:
+    from flows.watch import serve
+
+    serve(args.landing, args.out, interval=args.interval, port=args.port, dask_address=args.dask_address,
+          **_watch_options(args))
 
 
 def _evaluate(args) -> None:
@@ -124,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="apply a saved model (RUN_DIR/model, a model folder, or rx_stats.npz) without refitting")
     p.add_argument("--dask-address", default=os.environ.get("HSAD_DASK_ADDRESS"),
                    help="scheduler of an existing Dask cluster (default: a LocalCluster; env HSAD_DASK_ADDRESS)")
+    p.add_argument("--flow", action="store_true",
+                   help="run as a run of the Prefect detect flow (recorded on PREFECT_API_URL, else a temporary local API)")
     common_source(p)
     p.set_defaults(run=_detect)
 
@@ -144,6 +233,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compression", default="none", choices=("none", "zstd", "lz4"))
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(run=_synth)
+
+    def dask_option(p):
+        p.add_argument("--dask-address", default=os.environ.get("HSAD_DASK_ADDRESS"),
+                       help="scheduler of an existing Dask cluster (default: a LocalCluster; env HSAD_DASK_ADDRESS)")
+
+    p = sub.add_parser("sweep", help="hyperparameter sweep of the AE/VAE as a Prefect flow: table, averaged ROCs, best setting")
+    p.add_argument("cube", help="cube store with ground truth (or a scene file, ingested into DIR/cube.zarr)")
+    p.add_argument("--grid", required=True, help="YAML grid file: method, fixed settings, swept lists (grid:)")
+    p.add_argument("--repeats", type=int, help="trainings per setting (seeds seed..seed+N-1; default: the grid file's, or 1)")
+    p.add_argument("--out", required=True, help="folder to create: results.csv/.parquet, roc-<param>.png, best.json")
+    p.add_argument("--criterion", help="figure that picks the best setting (default auc): auc, tpr_at_fpr_0.001, "
+                                       "tpr_at_fpr_0.01, tpr_at_fpr_0.1, pauc_0.01")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="training device (default auto)")
+    dask_option(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(run=_sweep)
+
+    def watch_options(p):
+        p.add_argument("landing", help="landing location: a folder or an fsspec URL (s3://..., gs://...)")
+        p.add_argument("--out", required=True, help="output location: a run folder per acquisition and ledger.json")
+        p.add_argument("--method", default="rx", choices=("rx", "ae", "vae"), help="detector (default rx)")
+        p.add_argument("--preset", help="AE/VAE settings preset")
+        p.add_argument("--config", help="YAML file of AE/VAE settings")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one AE/VAE setting")
+        p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="training device (default auto)")
+        dask_option(p)
+
+    p = sub.add_parser("watch", help="run detect once on every acquisition of a landing location not yet processed")
+    watch_options(p)
+    p.set_defaults(run=_watch)
+
+    p = sub.add_parser("serve", help="serve the Prefect deployments here: watch LANDING on an interval, detect, sweep")
+    watch_options(p)
+    p.add_argument("--interval", type=float, default=300, help="seconds between watch runs (default 300)")
+    p.add_argument("--port", type=int, default=4200,
+                   help="port of the local Prefect server started when PREFECT_API_URL is not set (default 4200)")
+    p.set_defaults(run=_serve)
     return parser
 
 

@@ -168,6 +168,8 @@ def learned_scores(cube: xr.DataArray, models: list, metrics: tuple, sample: np.
     on_sample = scorer(sample)
     normalisers = [robust_normaliser(on_sample[:, j]) for j in range(on_sample.shape[1])]
     maps = score_map(cube, scorer, n_out=len(models) * len(metrics), name="score-tile")
+    if "output" not in maps.dims:  # one run, one metric: score_map drops the axis
+        maps = maps.expand_dims(output=1)
     runs = [m.config.seed for m in models]
     ds = xr.Dataset()
     for k, metric in enumerate(metrics):

@@ -1,0 +1,167 @@
+"""Prefect flows around the hsad_scale library: ``detect``, ``sweep`` and ``watch``.
+
+The flows are thin: every task runs one library function, so ``hsad detect`` and the
+``detect`` flow write the same run folder. By default a flow runs on this machine: its Dask
+work on a LocalCluster, its runs recorded by a local Prefect API (Prefect's ephemeral server
+when a flow is called from Python; a temporary ``prefect server start`` that the command line
+launches first thing, see :class:`PrefectStart`). ``dask_address`` (or ``HSAD_DASK_ADDRESS``)
+points a flow at an existing Dask scheduler and ``PREFECT_API_URL`` at a Prefect server.
+Only this package imports Prefect; this module imports it lazily, so the command line can
+start Prefect's API before it loads anything heavy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import sys
+import threading
+
+
+def flow_run_record() -> dict:
+    """The current flow run (id, name, flow, API) for run.json."""
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_API_URL
+
+    return {"flow": flow_run.flow_name, "flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name,
+            "api_url": PREFECT_API_URL.value() or "ephemeral"}
+
+
+class PrefectStart:
+    """Prefect's API for a flow run from the command line, made ready while the rest loads
+    and the Dask cluster starts: ``PREFECT_API_URL`` (environment, Prefect profile or settings)
+    when set; else a temporary local API server (``prefect server start`` without UI,
+    scheduler or telemetry, on Prefect's default database like its ephemeral server), which
+    :meth:`stop` ends. The server process is launched first thing (before Prefect is even
+    imported) so that its start-up overlaps ours, rather than after it as when a flow run
+    starts Prefect's ephemeral server."""
+
+    def __init__(self, startup_timeout: float = 120):
+        self.url: str | None = None
+        self.process = None
+        self._log = None
+        self._port: int | None = None
+        self.error: BaseException | None = None
+        self.startup_timeout = startup_timeout
+        if not os.environ.get("PREFECT_API_URL") and "prefect" not in sys.modules:
+            self._launch()  # most likely needed: the profile is checked once Prefect is imported
+        context = contextvars.copy_context()  # Prefect settings set by the caller (e.g. a test harness)
+        self.thread = threading.Thread(target=context.run, args=(self._run,), name="prefect-api-start", daemon=True)
+        self.thread.start()
+
+    def _launch(self) -> None:
+        import socket
+        import subprocess
+        import tempfile
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self._port = sock.getsockname()[1]
+        self._log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self._port),
+             "--no-ui", "--no-scheduler", "--no-late-runs", "--analytics-off", "--log-level", "ERROR"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log)
+
+    def _run(self):
+        try:
+            from prefect.settings import PREFECT_API_URL
+
+            configured = PREFECT_API_URL.value()
+            if configured:
+                self._terminate()
+                self.url = configured
+                return
+            if self.process is None:
+                self._launch()
+            self.url = self._ready(f"http://127.0.0.1:{self._port}/api")
+        except BaseException as exc:  # reported by wait()
+            self.error = exc
+
+    def _ready(self, url: str) -> str:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None:
+                self._log.seek(0)
+                raise RuntimeError("the local Prefect API server did not start: "
+                                   + self._log.read().decode(errors="replace")[-2000:])
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the local Prefect API server did not answer within {self.startup_timeout:.0f} s")
+            time.sleep(0.1)
+
+    def wait(self) -> str:
+        """The API URL, once it answers."""
+        self.thread.join()
+        if self.error is not None:
+            self.stop()
+            raise self.error
+        return self.url
+
+    @contextlib.contextmanager
+    def settings(self):
+        """Prefect settings pointing at the API for the block."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        url = self.wait()
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+
+    def stop(self) -> None:
+        """Stop the temporary server, after Prefect sent it what it still holds (logs, events)."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                from prefect.events.worker import EventsWorker
+                from prefect.logging.handlers import APILogWorker
+
+                APILogWorker.drain_all(timeout=10, at_exit=False)
+                EventsWorker.drain_all(timeout=10, at_exit=False)
+            except Exception:  # best effort: the run itself is complete
+                pass
+        self._terminate()
+
+    def _terminate(self) -> None:
+        # no waiting: the server shuts down gracefully on its own while this process exits
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+        self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def start_prefect() -> PrefectStart:
+    """Start making Prefect's API ready in the background (see :class:`PrefectStart`)."""
+    return PrefectStart()
+
+
+@contextlib.contextmanager
+def local_run(dask_address: str | None = None, start_cluster: bool = True, prefect: PrefectStart | None = None):
+    """For the command line: the Dask scheduler address a flow run should use, with the
+    LocalCluster (when no address is given and ``start_cluster``; else None: the flow starts
+    one when it needs it) started while Prefect's API gets ready (``prefect``, or started
+    now), and Prefect's settings pointing at that API. Cluster and temporary API server live
+    until the block ends."""
+    from hsad_scale import cluster
+
+    prefect = prefect or start_prefect()
+    address = dask_address or os.environ.get(cluster.ADDRESS_ENV)
+    with contextlib.ExitStack() as stack:
+        stack.callback(prefect.stop)
+        ours = address is None and start_cluster
+        if ours:
+            address = stack.enter_context(cluster.dask_client(None)).scheduler.address
+        stack.enter_context(prefect.settings())
+        if ours:  # its scheduler logs here: as quiet as in `hsad detect`
+            logging.getLogger("distributed").setLevel(logging.ERROR)
+        yield address
