@@ -11,7 +11,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from hsad_scale import cluster, cube as cubes, evaluate, learned, outputs, plots
+from hsad_scale import cluster, cube as cubes, evaluate, learned, outputs, plots, report
 from hsad_scale.atomic import atomic_path, check_destination
 from hsad_scale.errors import InputError
 from hsad_scale.stats import BackgroundStats, whitener
@@ -65,6 +65,12 @@ class Stages:
         self.seconds[name] = round(time.perf_counter() - start, 3)
         if not self.quiet:
             print(f"[hsad] {name} done in {self.seconds[name]:.1f} s", file=sys.stderr, flush=True)
+
+    def run(self, name: str, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` timed as stage ``name``. The Prefect flows override this
+        to run each stage as a task of that name (flows/detect.py)."""
+        with self(name):
+            return fn(*args, **kwargs)
 
 
 def prepare_cube(src: str | Path, run_dir: Path, **ingest_options) -> Path:
@@ -167,26 +173,25 @@ def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, cl
     cube = cube_ds[cubes.CUBE]
     (run_dir / "model").mkdir()
     if options.method == "rx":
-        with stage("rx-stats"):
-            stats, model = fit_rx(cube, options.model)
+        stats, model = stage.run("rx-stats", fit_rx, cube, options.model)
         stats.save(run_dir / "model" / "rx_stats.npz")
         return rx_scores(cube, model), {"background": {"pixels": stats.count, **model.describe()}}
     if options.model:
         models = learned.load_models(options.model)
         config, workers = models[0].config, []
-        with stage("sample"):
-            sample = learned.sample_pixels(cube, config.max_train_pixels, seed=config.seed)
+        sample = stage.run("sample", learned.sample_pixels, cube, config.max_train_pixels, seed=config.seed)
     else:
         config = learned_config(options)
-        with stage("scaling-stats"):
-            scaling = learned.fit_scaling(cube, config)
-        with stage(f"train-{options.method}"):
-            models, sample, workers = learned.train_runs(client, cube, config, options.repeats, scaling, options.device)
+        scaling = stage.run("scaling-stats", learned.fit_scaling, cube, config)
+        models, sample, workers = stage.run(f"train-{options.method}", learned.train_runs, client, cube, config,
+                                            options.repeats, scaling, options.device)
     for model in models:
         model.save(run_dir / "model" / f"run-{model.config.seed}")
+    if options.method == "vae":
+        stage.run("latent-plot", report.write_latent_plot, run_dir, models[0], cube_ds, sample)
     metrics = options.metrics or (config.metric,)
-    with stage(f"{options.method}-feature-stats"):
-        scores, details = learned.learned_scores(cube, models, metrics, sample, options.ensemble)
+    scores, details = stage.run(f"{options.method}-feature-stats", learned.learned_scores, cube, models, metrics,
+                                sample, options.ensemble)
     details.update(config=config.to_dict(), training_pixels=int(sample.shape[0]), train_workers=workers,
                    training=[m.history for m in models])
     return scores, details
@@ -194,19 +199,22 @@ def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, cl
 
 def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: bool = False,
                dask_address: str | None = None, client=None, quiet: bool = False,
-               ingest_options: dict | None = None) -> Path:
-    """Run one detection end to end into ``out`` (written whole, or not at all)."""
+               ingest_options: dict | None = None, stage: Stages | None = None,
+               record_extra: dict | None = None) -> Path:
+    """Run one detection end to end into ``out`` (written whole, or not at all). ``stage``
+    runs (and times) each stage (the detect flow passes one that makes them Prefect tasks);
+    ``record_extra`` is added to ``run.json``."""
     options = options or DetectOptions()
     out = check_destination(out, overwrite)
     if not Path(src).exists():
         raise InputError(f"{src} does not exist")
     learned_config(options)  # bad settings fail before any work starts
-    stage = Stages(quiet=quiet)
+    stage = stage if stage is not None else Stages(quiet=quiet)
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(atomic_path(out, overwrite)))
         tmp.mkdir()
-        with stage("ingest"):  # first: bad input fails before a cluster starts
-            cube_path = prepare_cube(src, tmp, **(ingest_options or {}))
+        # first: bad input fails before a cluster starts
+        cube_path = stage.run("ingest", prepare_cube, src, tmp, **(ingest_options or {}))
         cube_ds = cubes.open_cube(cube_path)
         if client is None:
             client = stack.enter_context(cluster.dask_client(dask_address))
@@ -214,15 +222,13 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         if link and not quiet:
             print(f"[hsad] Dask dashboard: {link}", file=sys.stderr)
         lazy_scores, details = fit_and_score(cube_ds, options, tmp, client, stage)
-        with stage("score"):
-            scores = write_score_store(tmp, cube_ds, lazy_scores, client)
-        with stage("geotiff"):
-            write_geotiff(tmp, cube_ds, scores)
-        with stage("evaluate"):
-            result = evaluate_scores(cube_ds, scores)
-            write_report_files(tmp, cube_ds, scores, result, options.method.upper())
-        outputs.write_json(tmp / "run.json", run_record(src, out, cube_path, cube_ds, options, details, result,
-                                                         stage.seconds, client))
+        scores = stage.run("score", write_score_store, tmp, cube_ds, lazy_scores, client)
+        stage.run("geotiff", write_geotiff, tmp, cube_ds, scores)
+        result = stage.run("evaluate", evaluate_scores, cube_ds, scores)
+        stage.run("report", write_report_files, tmp, cube_ds, scores, result, options.method.upper())
+        record = run_record(src, out, cube_path, cube_ds, options, details, result, stage.seconds, client)
+        outputs.write_json(tmp / "run.json", {**record, **(record_extra or {})})
+        report.write_report(tmp)
     if not quiet:
         print(f"[hsad] wrote {out}", file=sys.stderr)
         if result:
