@@ -151,11 +151,14 @@ def whitener(stats: BackgroundStats) -> Whitener:
     top = max(float(eigval[-1]), np.finfo(float).tiny)
     ridge = 0.0
     if stats.count <= stats.n_features or eigval[0] <= RCOND_REGULARISE * top:
-        ridge = RIDGE_FRACTION * max(float(np.trace(cov)) / stats.n_features, np.finfo(float).tiny)
+        mean_variance = float(np.trace(cov)) / stats.n_features
+        # all features constant (e.g. dead latent units): unit ridge, i.e. Euclidean distance
+        ridge = RIDGE_FRACTION * mean_variance if mean_variance > 1e-30 else 1.0
         eigval = np.maximum(eigval, 0.0) + ridge
     condition = float(eigval[-1] / eigval[0])
     matrix = eigvec.T / np.sqrt(eigval)[:, None]
-    precision = "float32" if condition <= FLOAT32_MAX_CONDITION else "float64"
+    fits_float32 = condition <= FLOAT32_MAX_CONDITION and float(np.abs(matrix).max()) < 1e30
+    precision = "float32" if fits_float32 else "float64"
     return Whitener(stats.mean.copy(), matrix, ridge, condition, precision)
 
 

@@ -65,6 +65,17 @@ def test_singular_covariance_is_regularised_not_fatal(case):
     assert model.describe()["regularised"] and model.ridge > 0
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_all_constant_features_score_finite(dtype):
+    """Dead latent units: every feature constant. Scores are finite (Euclidean to the mean)."""
+    train = np.zeros((500, 4), dtype=dtype)
+    model = fit_rx(train)
+    probe = np.array([[0, 0, 0, 0], [1, 0, 0, 0]], dtype=dtype)
+    scores = score_rx(model, probe)
+    assert np.isfinite(scores).all() and model.ridge > 0
+    np.testing.assert_allclose(scores, [0.0, 1.0], atol=1e-6)
+
+
 def test_stats_save_load_round_trip(tmp_path):
     s = BackgroundStats.from_pixels(_pixels())
     s.save(tmp_path / "s.npz")
