@@ -11,11 +11,20 @@ from pathlib import Path
 
 import xarray as xr
 
-from hsad_scale import cluster, cube as cubes, evaluate, learned, outputs, plots, report
+from hsad_scale import cluster, cube as cubes, evaluate, outputs, plots, report
 from hsad_scale.atomic import atomic_path, check_destination
 from hsad_scale.errors import InputError
 from hsad_scale.stats import BackgroundStats, whitener
 from hsad_scale.tiles import background_stats, score_map
+
+ENSEMBLES = ("mean", "max")  # as hsad_scale.learned.ENSEMBLES (not imported here: it loads torch)
+
+
+def _learned():
+    """hsad_scale.learned, imported on first use so that RX runs never load PyTorch."""
+    from hsad_scale import learned
+
+    return learned
 
 METHODS = ("rx", "ae", "vae")
 
@@ -41,8 +50,8 @@ class DetectOptions:
             raise InputError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.repeats < 1:
             raise InputError(f"--repeats must be at least 1, got {self.repeats}")
-        if self.ensemble not in learned.ENSEMBLES:
-            raise InputError(f"unknown ensemble {self.ensemble!r}; choose from {', '.join(learned.ENSEMBLES)}")
+        if self.ensemble not in ENSEMBLES:
+            raise InputError(f"unknown ensemble {self.ensemble!r}; choose from {', '.join(ENSEMBLES)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise InputError(f"unknown device {self.device!r}; choose from auto, cpu, cuda")
         if self.model is not None and not Path(self.model).exists():
@@ -129,10 +138,16 @@ def write_geotiff(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset) -> boo
 def evaluate_scores(cube_ds: xr.Dataset, scores: xr.Dataset) -> dict | None:
     """Figures of ``score`` (and of each ``score_<metric>``; of each run with their mean,
     standard deviation and averaged ROC when repeated). None without ground truth."""
+    return evaluate_with_roc(cube_ds, scores)[0]
+
+
+def evaluate_with_roc(cube_ds: xr.Dataset, scores: xr.Dataset) -> tuple[dict | None, tuple | None]:
+    """:func:`evaluate_scores` and the ROC curve ``(fpr, tpr)`` of ``score`` (None, None
+    without ground truth)."""
     if cubes.GROUND_TRUTH not in cube_ds:
-        return None
+        return None, None
     truth = cube_ds[cubes.GROUND_TRUTH].values
-    result = evaluate.metrics(scores["score"].values, truth)
+    result, curve = evaluate.metrics_and_roc(scores["score"].values, truth)
     others = {n[len("score_"):]: evaluate.metrics(scores[n].values, truth)
               for n in scores.data_vars if n.startswith("score_") and not n.startswith("score_runs")}
     if others:
@@ -143,17 +158,19 @@ def evaluate_scores(cube_ds: xr.Dataset, scores: xr.Dataset) -> dict | None:
         result["runs"] = per_run
         result["runs_summary"] = evaluate.summarise_runs(per_run)
         result["averaged_roc"] = evaluate.average_roc([evaluate.roc(r, truth) for r in runs])
-    return result
+    return result, curve
 
 
-def write_report_files(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset, result: dict | None, title: str) -> None:
-    """``metrics.json``, ``roc.png`` (with ground truth) and ``map.png``."""
+def write_report_files(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset, result: dict | None, title: str,
+                       curve: tuple | None = None) -> None:
+    """``metrics.json``, ``roc.png`` (with ground truth; ``curve``: the ROC of ``score`` when
+    already computed) and ``map.png``."""
     truth = cube_ds[cubes.GROUND_TRUTH].values if cubes.GROUND_TRUTH in cube_ds else None
     plots.save(plots.plot_maps({title: scores["score"].values}, truth), run_dir / "map.png")
     if result is None:
         return
     outputs.write_json(run_dir / "metrics.json", result)
-    fpr, tpr = evaluate.roc(scores["score"].values, truth)
+    fpr, tpr = curve if curve is not None else evaluate.roc(scores["score"].values, truth)
     curves = {f"{title} (AUC {result['auc']:.4f})": {"fpr": fpr, "tpr": tpr}}
     if "averaged_roc" in result:
         mean_auc = result["runs_summary"]["mean"]["auc"]
@@ -165,7 +182,7 @@ def learned_config(options: DetectOptions):
     """The AE/VAE settings the options ask for (None for RX or a saved model)."""
     if options.method == "rx" or options.model:
         return None
-    return learned.resolve_config(options.method, options.preset, options.config_file, options.settings)
+    return _learned().resolve_config(options.method, options.preset, options.config_file, options.settings)
 
 
 def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, client, stage: Stages):
@@ -177,20 +194,20 @@ def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, cl
         stats.save(run_dir / "model" / "rx_stats.npz")
         return rx_scores(cube, model), {"background": {"pixels": stats.count, **model.describe()}}
     if options.model:
-        models = learned.load_models(options.model)
+        models = _learned().load_models(options.model)
         config, workers = models[0].config, []
-        sample = stage.run("sample", learned.sample_pixels, cube, config.max_train_pixels, seed=config.seed)
+        sample = stage.run("sample", _learned().sample_pixels, cube, config.max_train_pixels, seed=config.seed)
     else:
         config = learned_config(options)
-        scaling = stage.run("scaling-stats", learned.fit_scaling, cube, config)
-        models, sample, workers = stage.run(f"train-{options.method}", learned.train_runs, client, cube, config,
+        scaling = stage.run("scaling-stats", _learned().fit_scaling, cube, config)
+        models, sample, workers = stage.run(f"train-{options.method}", _learned().train_runs, client, cube, config,
                                             options.repeats, scaling, options.device)
     for model in models:
         model.save(run_dir / "model" / f"run-{model.config.seed}")
     if options.method == "vae":
         stage.run("latent-plot", report.write_latent_plot, run_dir, models[0], cube_ds, sample)
     metrics = options.metrics or (config.metric,)
-    scores, details = stage.run(f"{options.method}-feature-stats", learned.learned_scores, cube, models, metrics,
+    scores, details = stage.run(f"{options.method}-feature-stats", _learned().learned_scores, cube, models, metrics,
                                 sample, options.ensemble)
     details.update(config=config.to_dict(), training_pixels=int(sample.shape[0]), train_workers=workers,
                    training=[m.history for m in models])
@@ -224,8 +241,8 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         lazy_scores, details = fit_and_score(cube_ds, options, tmp, client, stage)
         scores = stage.run("score", write_score_store, tmp, cube_ds, lazy_scores, client)
         stage.run("geotiff", write_geotiff, tmp, cube_ds, scores)
-        result = stage.run("evaluate", evaluate_scores, cube_ds, scores)
-        stage.run("report", write_report_files, tmp, cube_ds, scores, result, options.method.upper())
+        result, curve = stage.run("evaluate", evaluate_with_roc, cube_ds, scores)
+        stage.run("report", write_report_files, tmp, cube_ds, scores, result, options.method.upper(), curve)
         record = run_record(src, out, cube_path, cube_ds, options, details, result, stage.seconds, client)
         outputs.write_json(tmp / "run.json", {**record, **(record_extra or {})})
         report.write_report(tmp)
