@@ -8,6 +8,7 @@ tiles into these functions lives in :mod:`hsad_scale.tiles`.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,10 +41,12 @@ class BackgroundStats:
         return cls(0, np.zeros(n_features), np.zeros((n_features, n_features)))
 
     @classmethod
-    def from_pixels(cls, pixels: np.ndarray) -> "BackgroundStats":
-        """Statistics of ``pixels`` ``(n, k)``; rows holding NaN are skipped. Works through
-        blocks of :data:`BLOCK_PIXELS` rows (cache-sized float64 copies), merged exactly."""
-        pixels = drop_invalid(pixels)
+    def from_pixels(cls, pixels: np.ndarray, all_valid: bool = False) -> "BackgroundStats":
+        """Statistics of ``pixels`` ``(n, k)``; rows holding NaN are skipped (``all_valid``:
+        the caller has dropped them already). Works through blocks of :data:`BLOCK_PIXELS`
+        rows, each centred into one reused float64 buffer, merged exactly."""
+        if not all_valid:
+            pixels = drop_invalid(pixels)
         out = cls.empty(pixels.shape[1])
         for start in range(0, pixels.shape[0], BLOCK_PIXELS):
             out = out.merge(cls._from_block(pixels[start : start + BLOCK_PIXELS]))
@@ -51,11 +54,12 @@ class BackgroundStats:
 
     @classmethod
     def _from_block(cls, pixels: np.ndarray) -> "BackgroundStats":
-        centred = pixels.astype(np.float64, order="F")  # (n, k)
-        mean = centred.mean(axis=0)
-        centred -= mean
+        n, k = pixels.shape
+        mean = pixels.mean(axis=0, dtype=np.float64)
+        centred = _block_buffer(n, k)  # (n, k) float64, Fortran order
+        np.subtract(pixels, mean, out=centred)  # exact float32 -> float64 conversion, then centring
         upper = blas.dsyrk(1.0, centred, trans=1)  # (k, k), upper triangle of centred^T centred
-        return cls(pixels.shape[0], mean, np.triu(upper) + np.triu(upper, 1).T)
+        return cls(n, mean, np.triu(upper) + np.triu(upper, 1).T)
 
     @property
     def n_features(self) -> int:
@@ -94,6 +98,18 @@ def merge_all(parts) -> BackgroundStats:
     for part in parts[1:]:
         out = out.merge(part)
     return out
+
+
+_buffers = threading.local()
+
+
+def _block_buffer(n: int, k: int) -> np.ndarray:
+    """A float64 ``(n, k)`` Fortran-ordered scratch array, reused by this thread (no fresh
+    pages to fault in for every block)."""
+    flat = getattr(_buffers, "block", None)
+    if flat is None or flat.size < n * k:
+        flat = _buffers.block = np.empty(max(n, BLOCK_PIXELS) * k, dtype=np.float64)
+    return flat[: n * k].reshape((n, k), order="F")
 
 
 def drop_invalid(pixels: np.ndarray) -> np.ndarray:

@@ -33,7 +33,7 @@ def _tile_stats(block: np.ndarray, fn: PixelFn | None) -> BackgroundStats:
     features = pixels if fn is None else fn(pixels)
     if features.shape[0] == 0:
         return BackgroundStats.empty(features.shape[1])
-    return BackgroundStats.from_pixels(features)
+    return BackgroundStats.from_pixels(features, all_valid=fn is None)
 
 
 def _merge(a: BackgroundStats, b: BackgroundStats) -> BackgroundStats:
