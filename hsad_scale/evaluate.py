@@ -14,7 +14,9 @@ FPR_GRID = np.unique(np.concatenate([[0.0], np.logspace(-5, -1, 200), np.linspac
 
 def valid_pairs(scores, truth) -> tuple[np.ndarray, np.ndarray]:
     """Flattened finite scores and their labels (bool); InputError on shape or label problems."""
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = np.asarray(scores)
+    if scores.dtype != np.float32:  # float32 maps stay float32: same order, and sorting is faster
+        scores = scores.astype(np.float64)
     truth = np.asarray(truth)
     if scores.shape != truth.shape:
         raise InputError(f"ground truth has shape {truth.shape}, the score map is {scores.shape}")

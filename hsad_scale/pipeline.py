@@ -240,6 +240,7 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
             print(f"[hsad] Dask dashboard: {link}", file=sys.stderr)
         lazy_scores, details = fit_and_score(cube_ds, options, tmp, client, stage)
         scores = stage.run("score", write_score_store, tmp, cube_ds, lazy_scores, client)
+        scores["score"].load()  # read once for the GeoTIFF, the ROC and the plots
         stage.run("geotiff", write_geotiff, tmp, cube_ds, scores)
         result, curve = stage.run("evaluate", evaluate_with_roc, cube_ds, scores)
         stage.run("report", write_report_files, tmp, cube_ds, scores, result, options.method.upper(), curve)

@@ -106,6 +106,18 @@ def roc_curves(maps: dict, truth) -> dict:
     return curves
 
 
+def thin_curve(fpr: np.ndarray, tpr: np.ndarray, points: int = 4000) -> tuple[np.ndarray, np.ndarray]:
+    """At most about ``2 * points`` vertices of a ROC curve (for drawing only): the vertices
+    nearest to a grid that is log-spaced at small FPR and linear above, with the vertex
+    before each so that steps keep their shape."""
+    if fpr.size <= 2 * points:
+        return fpr, tpr
+    grid = np.concatenate([np.logspace(-7, 0, points // 2), np.linspace(0, 1, points // 2)])
+    idx = np.clip(np.searchsorted(fpr, grid), 0, fpr.size - 1)
+    idx = np.unique(np.concatenate([[0, fpr.size - 1], idx, np.maximum(idx - 1, 0)]))
+    return fpr[idx], tpr[idx]
+
+
 def plot_roc(curves: dict, title: str = "ROC", min_fpr: float | None = None) -> plt.Figure:
     """ROC curves on linear and log false-positive axes. ``curves``: label -> dict with
     ``fpr``, ``tpr`` (one run) or ``fpr``, ``tpr_mean``, ``tpr_std`` (averaged runs, drawn with
@@ -128,7 +140,7 @@ def plot_roc(curves: dict, title: str = "ROC", min_fpr: float | None = None) -> 
                                 lw=0)
                 ax.plot(fpr, tpr, color=colour, lw=1.6, label=label)
             else:
-                ax.step(fpr, tpr, where="post", color=colour, lw=1.3, label=label)
+                ax.step(*thin_curve(fpr, tpr), where="post", color=colour, lw=1.3, label=label)
         chance = np.logspace(np.log10(min_fpr), 0, 50)
         ax.plot(chance, chance, color="grey", lw=0.8, ls=":", label="chance" if not log else None)
         ax.set_xlabel("false-positive rate" + (" (log scale)" if log else ""))
