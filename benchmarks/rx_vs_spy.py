@@ -1,7 +1,7 @@
 """RX end to end with `hsad detect` on a generated 2048 x 2048 x 200 float32 cube, against
 Spectral Python's `spectral.rx` on the same array in memory; peak RSS of all processes.
 
-    python benchmarks/rx_vs_spy.py [--size 2048] [--bands 200] [--chunk 128] [--larger] [--skip-spy]
+    python benchmarks/rx_vs_spy.py [--size 2048] [--bands 200] [--chunk 128] [--larger] [--skip-spy] [--repeats 3]
 
 Prints a Markdown table. The compute limit is two passes of 2*N*B^2 flops at the float32
 matrix-multiply rate measured in the same run (numpy, all cores)."""
@@ -106,6 +106,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=128, help="tile size of the generated cube (default 128)")
     parser.add_argument("--larger", action="store_true", help="also run a cube with 4x the pixels (memory only)")
     parser.add_argument("--skip-spy", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="hsad detect runs per cube; the table shows the fastest and the largest peak RSS")
     args = parser.parse_args()
 
     rate = matmul_rate(args.bands)
@@ -115,9 +117,12 @@ def main() -> None:
         cube = ensure_cube(size, args.bands, args.chunk)
         n = size * size
         limit = 2 * (2 * n * args.bands**2) / rate
-        wall, peak, run = run_detect(cube)
         spy = run_spy(cube) if size == args.size and not args.skip_spy else None
-        rows.append((size, wall, limit, peak, spy, run["stage_seconds"]))
+        runs = [run_detect(cube) for _ in range(args.repeats)]  # after Spectral Python, which evicts the page cache
+        wall, peak, run = min(runs, key=lambda r: r[0])
+        walls = sorted(r[0] for r in runs)
+        print(f"{size}: hsad detect wall times {', '.join(f'{w:.1f}' for w in walls)} s", file=sys.stderr)
+        rows.append((size, wall, limit, max(r[1] for r in runs), spy, run["stage_seconds"]))
     print(f"\nfloat32 matmul rate: {rate / 1e9:.0f} GFLOP/s; cores: {psutil.cpu_count()}; "
           f"memory: {psutil.virtual_memory().total / 2**30:.0f} GiB\n")
     print(f"tiles {args.chunk} x {args.chunk} x {args.bands}, uncompressed store\n")
