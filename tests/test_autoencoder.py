@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -438,18 +436,11 @@ def test_combine():
 
 # ---------------------------------------------------------------- a real scene
 
-HAD = Path("/work/shared/data/had")
-
-
-def test_default_ae_on_a_real_scene():
-    if not (HAD / "hydice.mat").exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"shared scenes missing under {HAD}")
-        pytest.skip("shared scenes not available")
+def test_default_ae_on_a_real_scene(had_dir):
     from scipy.io import loadmat
     from sklearn.metrics import roc_auc_score
 
-    mat = loadmat(HAD / "hydice.mat")
+    mat = loadmat(had_dir / "hydice.mat")
     cube = mat["data"].astype(np.float32)
     px = cube.reshape(-1, cube.shape[-1])
     labels = mat["map"].reshape(-1) > 0

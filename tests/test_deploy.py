@@ -10,7 +10,6 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
 import yaml
 
 DEPLOY = Path(__file__).parents[1] / "deploy"
@@ -90,7 +89,7 @@ def test_compose_file_is_a_valid_compose_project():
     assert services["serve"]["command"][:2] == ["hsad", "serve"]
     build = services["scheduler"]["build"]
     assert (DEPLOY / build["context"] / build["dockerfile"]).resolve().is_file()
-    spec = pytest.importorskip("compose_spec", reason="compose-spec validates against the compose specification")
+    import compose_spec as spec  # validates against the compose specification
     project = spec.PyCompose.from_yaml(yaml.dump(compose, Dumper=_NoAliases))
     assert set(project.service_names()) == set(services)
 
@@ -113,7 +112,7 @@ def _manifests():
 
 
 def _validate(resource: dict) -> None:
-    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate checks against Kubernetes schemas")
+    import kubernetes_validate as kv  # checks against Kubernetes schemas
     kv.validate(resource, kv.latest_version(), strict=True)
 
 
@@ -170,7 +169,6 @@ def _slurm_module():
 def test_jobqueue_example_writes_cpu_and_gpu_batch_scripts():
     config = _load("jobqueue/jobqueue.yaml")
     assert config["jobqueue"]["slurm"]["cores"] == config["jobqueue"]["slurm"]["processes"]  # 1 thread per worker
-    pytest.importorskip("dask_jobqueue")
     slurm = _slurm_module()
     slurm.load_config()  # adds jobqueue/hsad defaults to dask's config (nothing else reads them)
     with slurm.cpu_cluster(scheduler_options={"dashboard_address": ":0"}) as cluster:
