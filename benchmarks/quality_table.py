@@ -1,6 +1,6 @@
 """Detection quality on the shared real scenes: ROC AUC and TPR at FPR 1e-2.
 
-For every scene in the data folder (default /work/shared/data/had) and every method, the
+For every scene in the data folder (default ../shared/data/had next to the checkout) and every method, the
 AUC (mean +- std over seeds) and the TPR at FPR 1e-2 (linear interpolation on the ROC
 curve) are computed; the table (with the mean over scenes) is printed and written to
 docs/quality_table.md. Runs on one CPU thread.
@@ -22,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DATA = Path("/work/shared/data/had")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "had"  # ../shared/data/had of the checkout
 FPR_POINT = 1e-2
 
 #: method name -> (preset, metric); "rx" is global RX. Methods sharing a preset share the
