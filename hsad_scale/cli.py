@@ -19,6 +19,10 @@ def _ingest(args) -> None:
 
 
 def _detect(args) -> None:
+    if args.method is None:  # the saved model's detector, else RX
+        from hsad_scale.pipeline import saved_method
+
+        args.method = saved_method(args.model) if args.model else "rx"
     if getattr(args, "flow", False):
         return _detect_flow(args)
     from hsad_scale.pipeline import DetectOptions, run_detect
@@ -196,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("detect", help="score every pixel of a scene and write maps, metrics and plots")
     p.add_argument("src", help="a cube store (.zarr) or any scene file that ingest reads")
-    p.add_argument("--method", default="rx", choices=("rx", "ae", "vae"), help="detector (default rx)")
+    p.add_argument("--method", choices=("rx", "ae", "vae"),
+                   help="detector (default: that of --model when given, else rx)")
     p.add_argument("--out", required=True, help="run folder to create")
     p.add_argument("--preset", help="AE/VAE settings preset: default-ae, default-vae, study-ae, study-ae-4l, study-vae")
     p.add_argument("--config", help="YAML file of AE/VAE settings (may name a preset)")

@@ -112,6 +112,24 @@ def load_rx_stats(path: str | Path) -> BackgroundStats:
     raise InputError(f"no RX statistics (rx_stats.npz) found in {path}")
 
 
+def saved_method(path: str | Path) -> str:
+    """The detector a saved model is for: ``rx`` (``rx_stats.npz``) or the ``kind`` of the
+    AE/VAE in its ``model.json`` (a run folder, its ``model/`` or one model folder)."""
+    import json
+
+    path = Path(path)
+    for folder in (path, path / "model"):
+        if folder.is_file() or (folder / "rx_stats.npz").is_file():
+            return "rx"
+        for model_json in [folder / "model.json", *sorted(folder.glob("run-*/model.json"))][:2]:
+            if model_json.is_file():
+                try:
+                    return json.loads(model_json.read_text())["config"]["kind"]
+                except (ValueError, KeyError, TypeError):
+                    raise InputError(f"{model_json} is not a saved hsad model") from None
+    raise InputError(f"no saved model in {path} (expected rx_stats.npz, model.json or run-*/model.json)")
+
+
 def rx_scores(cube: xr.DataArray, model) -> xr.Dataset:
     """Lazy RX score map as a Dataset with variable ``score`` ``(y, x)``."""
     score = score_map(cube, model.mahalanobis, name="score-tile")

@@ -58,10 +58,11 @@ def test_detect_ae_with_repeats_writes_runs_ensemble_and_models(small_cube, tmp_
     assert run["config"]["epochs"] == 1 and run["training_pixels"] == 64 * 48
     assert sorted(p.name for p in (out / "model").iterdir()) == ["run-0", "run-1"]
 
-    # the saved models score the same cube identically without retraining
+    # the saved models score the same cube identically without retraining (method read from the model)
     again = tmp_path / "again"
-    assert main(["detect", str(small_cube), "--method", "ae", "--model", str(out), "--metric", "resid-mahal,sam",
+    assert main(["detect", str(small_cube), "--model", str(out), "--metric", "resid-mahal,sam",
                  "--out", str(again), "--dask-address", client.scheduler.address]) == 0
+    assert json.loads((again / "run.json").read_text())["method"] == "ae"
     np.testing.assert_array_equal(xr.open_zarr(again / "scores.zarr")["score_runs"].values, scores["score_runs"].values)
 
 
@@ -98,3 +99,14 @@ def test_bad_settings_exit_2(small_cube, tmp_path, bad, capsys):
     assert main(["detect", str(small_cube), "--method", "ae", "--out", str(tmp_path / "run"), *bad]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("hsad: error:")
     assert not (tmp_path / "run").exists()
+
+
+def test_saved_method_names_the_detector_of_a_saved_model(tmp_path, capsys):
+    from hsad_scale.pipeline import saved_method
+    from hsad_scale.stats import BackgroundStats
+
+    (tmp_path / "rx" / "model").mkdir(parents=True)
+    BackgroundStats.from_pixels(np.random.default_rng(0).normal(size=(50, 3))).save(tmp_path / "rx" / "model" / "rx_stats.npz")
+    assert saved_method(tmp_path / "rx") == "rx"
+    assert main(["detect", str(tmp_path / "rx"), "--model", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "no saved model" in capsys.readouterr().err
