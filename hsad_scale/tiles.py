@@ -110,16 +110,18 @@ def sample_pixels(cube: xr.DataArray, n_samples: int, seed: int = 0) -> np.ndarr
     rng = np.random.default_rng(seed)
     chosen = np.arange(total) if total <= n_samples else np.sort(rng.choice(total, n_samples, replace=False))
     rows, cols = np.divmod(chosen, nx)
-    parts = []
     row_edges = np.cumsum((0, *cube.data.chunks[1]))
     col_edges = np.cumsum((0, *cube.data.chunks[2]))
+    tile_i = np.searchsorted(row_edges, rows, side="right") - 1
+    tile_j = np.searchsorted(col_edges, cols, side="right") - 1
+    tile = tile_i * (len(col_edges) - 1) + tile_j  # ascending with `chosen` within a tile row
+    order = np.argsort(tile, kind="stable")
+    tiles, starts = np.unique(tile[order], return_index=True)
     blocks = cube.data.to_delayed()
-    for bi in range(len(row_edges) - 1):
-        in_rows = (rows >= row_edges[bi]) & (rows < row_edges[bi + 1])
-        for bj in range(len(col_edges) - 1):
-            sel = in_rows & (cols >= col_edges[bj]) & (cols < col_edges[bj + 1])
-            if sel.any():
-                width = col_edges[bj + 1] - col_edges[bj]
-                local = (rows[sel] - row_edges[bi]) * width + (cols[sel] - col_edges[bj])
-                parts.append(dask.delayed(_tile_sample, pure=True)(blocks[0, bi, bj], local))
+    parts = []
+    for t, picks in zip(tiles, np.split(order, starts[1:])):
+        bi, bj = divmod(int(t), len(col_edges) - 1)
+        width = col_edges[bj + 1] - col_edges[bj]
+        local = (rows[picks] - row_edges[bi]) * width + (cols[picks] - col_edges[bj])
+        parts.append(dask.delayed(_tile_sample, pure=True)(blocks[0, bi, bj], local))
     return np.concatenate(dask.compute(*parts), axis=0)
