@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dask
+import dask.array as da
 import numpy as np
 import xarray as xr
 import yaml
@@ -22,7 +23,8 @@ import yaml
 from hsad_scale.detectors import autoencoder as ae
 from hsad_scale.errors import InputError
 from hsad_scale.stats import Whitener, whitener
-from hsad_scale.tiles import background_stats, background_stats_graph, band_range, sample_pixels, score_map  # noqa: F401
+from hsad_scale.tiles import (background_stats, background_stats_graph, band_range, sample_pixels,  # noqa: F401
+                              sample_pixels_graph, score_map)
 
 ENSEMBLES = ("mean", "max")
 DEFAULT_PRESET = {"ae": "default-ae", "vae": "default-vae"}
@@ -72,6 +74,21 @@ def fit_scaling(cube: xr.DataArray, config, stats=None) -> ae.BandScaling:
     return ae.BandScaling.from_minmax(low, high, config.scaling)
 
 
+def scaling_and_sample(cube: xr.DataArray, config) -> tuple[ae.BandScaling, np.ndarray]:
+    """:func:`fit_scaling` and the training sample (:func:`sample_pixels`) from one pass over
+    the cube: both graphs computed together, so every tile is read once."""
+    parts = sample_pixels_graph(cube, config.max_train_pixels, seed=config.seed)
+    if config.scaling == "standardise":
+        stats, *pieces = dask.compute(background_stats_graph(cube, name="scaling-stats"), *parts)
+        scaling = ae.BandScaling.from_stats(stats)
+    else:
+        low, high, *pieces = dask.compute(da.nanmin(cube.data, axis=(1, 2)), da.nanmax(cube.data, axis=(1, 2)),
+                                          *parts)
+        scaling = ae.BandScaling.from_minmax(np.asarray(low, np.float64), np.asarray(high, np.float64),
+                                             config.scaling)
+    return scaling, np.concatenate(pieces, axis=0)
+
+
 def _train(pixels: np.ndarray, config, scaling: ae.BandScaling, device: str):
     """One training run (a cluster task): returns the model (on the CPU) and the worker's name."""
     from distributed import get_worker
@@ -93,12 +110,14 @@ def gpu_resources(client) -> dict | None:
     return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers) else None
 
 
-def train_runs(client, cube: xr.DataArray, config, repeats: int, scaling: ae.BandScaling, device: str = "auto"):
+def train_runs(client, cube: xr.DataArray, config, repeats: int, scaling: ae.BandScaling, device: str = "auto",
+               pixels: np.ndarray | None = None):
     """Train ``repeats`` models with seeds ``config.seed + i`` on one shared pixel sample
-    (all valid pixels of a small scene, else ``max_train_pixels`` drawn uniformly). Each run is
-    a cluster task ``train-<kind>-<i>``, placed on a GPU worker when the cluster has one.
-    Returns (models, training sample, worker name per run)."""
-    pixels = sample_pixels(cube, config.max_train_pixels, seed=config.seed)
+    (``pixels``, else drawn now: all valid pixels of a small scene, else ``max_train_pixels``
+    drawn uniformly). Each run is a cluster task ``train-<kind>-<i>``, placed on a GPU worker
+    when the cluster has one. Returns (models, training sample, worker name per run)."""
+    if pixels is None:
+        pixels = sample_pixels(cube, config.max_train_pixels, seed=config.seed)
     if pixels.shape[0] < 2:
         raise InputError("the cube has fewer than two valid pixels to train on")
     configs = [config.replace(seed=config.seed + i) for i in range(repeats)]

@@ -105,6 +105,11 @@ def _tile_sample(block: np.ndarray, picks: np.ndarray) -> np.ndarray:
 def sample_pixels(cube: xr.DataArray, n_samples: int, seed: int = 0) -> np.ndarray:
     """Valid pixels ``(n, bands)`` float32: all of them when the scene has at most
     ``n_samples`` pixels, else a uniform random sample of about that size (tile by tile)."""
+    return np.concatenate(dask.compute(*sample_pixels_graph(cube, n_samples, seed)), axis=0)
+
+
+def sample_pixels_graph(cube: xr.DataArray, n_samples: int, seed: int = 0) -> list:
+    """The delayed per-tile parts of :func:`sample_pixels` (to compute with other passes)."""
     _, ny, nx = cube.shape
     total = ny * nx
     rng = np.random.default_rng(seed)
@@ -123,5 +128,6 @@ def sample_pixels(cube: xr.DataArray, n_samples: int, seed: int = 0) -> np.ndarr
         bi, bj = divmod(int(t), len(col_edges) - 1)
         width = col_edges[bj + 1] - col_edges[bj]
         local = (rows[picks] - row_edges[bi]) * width + (cols[picks] - col_edges[bj])
-        parts.append(dask.delayed(_tile_sample, pure=True)(blocks[0, bi, bj], local))
-    return np.concatenate(dask.compute(*parts), axis=0)
+        parts.append(dask.delayed(_tile_sample, pure=True)(blocks[0, bi, bj], local,
+                                                           dask_key_name=f"train-sample-{tokenize(cube.data, local)}"))
+    return parts

@@ -110,3 +110,14 @@ def test_saved_method_names_the_detector_of_a_saved_model(tmp_path, capsys):
     assert saved_method(tmp_path / "rx") == "rx"
     assert main(["detect", str(tmp_path / "rx"), "--model", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "no saved model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scaling", ["standardise", "band-minmax"])
+def test_one_pass_scaling_and_sample_equal_the_separate_passes(small_cube, client, scaling):
+    cube = cubes.open_cube(small_cube)[cubes.CUBE]
+    config = ae.AEConfig(scaling=scaling, max_train_pixels=500, seed=4)
+    together, pixels = learned.scaling_and_sample(cube, config)
+    alone = learned.fit_scaling(cube, config)
+    np.testing.assert_allclose(together.offset, alone.offset, rtol=1e-12)
+    np.testing.assert_allclose(together.scale, alone.scale, rtol=1e-12)
+    np.testing.assert_array_equal(pixels, learned.sample_pixels(cube, 500, seed=4))
