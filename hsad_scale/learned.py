@@ -5,8 +5,8 @@ scoring of every run and metric in one pass over the cube.
 Scores of a run are the model's direct metric, or the squared Mahalanobis distance of its
 features (residual, latent means) to their background statistics over the whole scene.
 The ensemble of repeated runs is the mean (or per-pixel maximum) of each run's map after a
-robust normalisation, ``(s - median) / (1.4826 MAD)``, with median and MAD taken on the
-training sample's scores (so it needs no extra pass over the cube).
+robust normalisation (:func:`hsad_scale.detectors.ensemble.robust_location_scale`:
+``(s - median) / (1.4826 MAD)``), with median and MAD taken on the training sample's scores (so it needs no extra pass over the cube).
 """
 
 from __future__ import annotations
@@ -15,20 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dask
-import dask.array as da
 import numpy as np
 import xarray as xr
 import yaml
 
-from hsad_scale.detectors import autoencoder as ae
+from hsad_scale.detectors import autoencoder as ae, ensemble as ensemble_ops
 from hsad_scale.errors import InputError
 from hsad_scale.stats import Whitener, whitener
-from hsad_scale.tiles import (background_stats, background_stats_graph, band_range, sample_pixels,  # noqa: F401
-                              sample_pixels_graph, score_map)
+from hsad_scale.tiles import (background_stats_graph, band_range_graph, sample_pixels, sample_pixels_graph,
+                              score_map)
 
 ENSEMBLES = ("mean", "max")
 DEFAULT_PRESET = {"ae": "default-ae", "vae": "default-vae"}
-MAD_TO_STD = 1.4826
 
 
 def resolve_config(method: str, preset: str | None = None, config_file: str | None = None,
@@ -65,28 +63,33 @@ def resolve_config(method: str, preset: str | None = None, config_file: str | No
         raise InputError(str(exc)) from None
 
 
-def fit_scaling(cube: xr.DataArray, config, stats=None) -> ae.BandScaling:
-    """Per-band scaling from a Dask reduction over the cube: background mean and standard
-    deviation (``standardise``; the RX reduction) or band minima and maxima."""
+def _scaling_graphs(cube: xr.DataArray, config) -> list:
+    """The lazy reductions a scaling needs: background statistics (``standardise``; the RX
+    reduction) or band minima and maxima."""
     if config.scaling == "standardise":
-        return ae.BandScaling.from_stats(stats if stats is not None else background_stats(cube, name="scaling-stats"))
-    low, high = band_range(cube)
+        return [background_stats_graph(cube, name="scaling-stats")]
+    return list(band_range_graph(cube))
+
+
+def _scaling(config, computed) -> ae.BandScaling:
+    if config.scaling == "standardise":
+        return ae.BandScaling.from_stats(computed[0])
+    low, high = (np.asarray(c, dtype=np.float64) for c in computed)
     return ae.BandScaling.from_minmax(low, high, config.scaling)
+
+
+def fit_scaling(cube: xr.DataArray, config) -> ae.BandScaling:
+    """Per-band scaling from a Dask reduction over the cube: background mean and standard
+    deviation (``standardise``) or band minima and maxima."""
+    return _scaling(config, dask.compute(*_scaling_graphs(cube, config)))
 
 
 def scaling_and_sample(cube: xr.DataArray, config) -> tuple[ae.BandScaling, np.ndarray]:
     """:func:`fit_scaling` and the training sample (:func:`sample_pixels`) from one pass over
     the cube: both graphs computed together, so every tile is read once."""
-    parts = sample_pixels_graph(cube, config.max_train_pixels, seed=config.seed)
-    if config.scaling == "standardise":
-        stats, *pieces = dask.compute(background_stats_graph(cube, name="scaling-stats"), *parts)
-        scaling = ae.BandScaling.from_stats(stats)
-    else:
-        low, high, *pieces = dask.compute(da.nanmin(cube.data, axis=(1, 2)), da.nanmax(cube.data, axis=(1, 2)),
-                                          *parts)
-        scaling = ae.BandScaling.from_minmax(np.asarray(low, np.float64), np.asarray(high, np.float64),
-                                             config.scaling)
-    return scaling, np.concatenate(pieces, axis=0)
+    graphs = _scaling_graphs(cube, config)
+    computed = dask.compute(*graphs, *sample_pixels_graph(cube, config.max_train_pixels, seed=config.seed))
+    return _scaling(config, computed[: len(graphs)]), np.concatenate(computed[len(graphs):], axis=0)
 
 
 def _train(pixels: np.ndarray, config, scaling: ae.BandScaling, device: str):
@@ -168,14 +171,6 @@ def feature_whiteners(cube: xr.DataArray, models: list, metrics: tuple) -> dict:
     return {key: whitener(stats) for key, stats in zip(wanted, dask.compute(*graphs))}
 
 
-def robust_normaliser(scores: np.ndarray) -> tuple[float, float]:
-    """(median, 1.4826 x MAD) of finite scores; the spread never below a tiny positive value."""
-    finite = scores[np.isfinite(scores)]
-    median = float(np.median(finite))
-    spread = float(np.median(np.abs(finite - median))) * MAD_TO_STD
-    return median, max(spread, 1e-12 * max(abs(median), 1.0), np.finfo(np.float32).tiny)
-
-
 def learned_scores(cube: xr.DataArray, models: list, metrics: tuple, sample: np.ndarray,
                    ensemble: str = "mean") -> tuple[xr.Dataset, dict]:
     """Lazy score maps: for the first metric ``score_runs`` ``(run, y, x)`` and the ensemble
@@ -185,7 +180,8 @@ def learned_scores(cube: xr.DataArray, models: list, metrics: tuple, sample: np.
         raise InputError(f"unknown ensemble {ensemble!r}; choose from {', '.join(ENSEMBLES)}")
     scorer = RunScorer(models, tuple(metrics), feature_whiteners(cube, models, metrics))
     on_sample = scorer(sample)
-    normalisers = [robust_normaliser(on_sample[:, j]) for j in range(on_sample.shape[1])]
+    centres, spreads = ensemble_ops.robust_location_scale(on_sample.T)  # per (run, metric) column
+    normalisers = [(float(c), float(s)) for c, s in zip(centres, spreads)]
     maps = score_map(cube, scorer, n_out=len(models) * len(metrics), name="score-tile")
     if "output" not in maps.dims:  # one run, one metric: score_map drops the axis
         maps = maps.expand_dims(output=1)

@@ -89,12 +89,9 @@ def score_map(cube: xr.DataArray, fn: PixelFn, n_out: int = 1, name: str = "scor
     return scores.isel(output=0, drop=True) if n_out == 1 else scores
 
 
-def band_range(cube: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-band minimum and maximum ``(bands,)`` of valid pixels, one Dask reduction."""
-    low = da.nanmin(cube.data, axis=(1, 2))
-    high = da.nanmax(cube.data, axis=(1, 2))
-    low, high = dask.compute(low, high)
-    return np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+def band_range_graph(cube: xr.DataArray) -> tuple[da.Array, da.Array]:
+    """Lazy per-band minimum and maximum ``(bands,)`` of valid pixels (Dask reductions)."""
+    return da.nanmin(cube.data, axis=(1, 2)), da.nanmax(cube.data, axis=(1, 2))
 
 
 def _tile_sample(block: np.ndarray, picks: np.ndarray) -> np.ndarray:
