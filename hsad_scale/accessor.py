@@ -142,8 +142,8 @@ class HsadAccessor:
         overrides = [f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in settings.items()]
         config = learned.resolve_config(method, preset, config_file, overrides)
         client = client if client is not None else _default_client()
-        scaling = learned.fit_scaling(cube, config)
-        models, sample, workers = learned.train_runs(client, cube, config, repeats, scaling, device)
+        scaling, pixels = learned.scaling_and_sample(cube, config)
+        models, sample, workers = learned.train_runs(client, cube, config, repeats, scaling, device, pixels=pixels)
         return Fitted(method, models, sample, details={"config": config.to_dict(), "train_workers": workers,
                                                        "training": [m.history for m in models]})
 

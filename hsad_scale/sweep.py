@@ -195,13 +195,12 @@ def run_trial(cube_path, spec: SweepSpec, setting: Setting, repeat: int, device:
         if cubes.GROUND_TRUTH not in ds:
             raise InputError(f"{cube_path} has no ground truth")
         cube = ds[cubes.CUBE]
-        scaling = learned.fit_scaling(cube, config)
-        models, sample, workers = learned.train_runs(None, cube, config, 1, scaling, device)
+        scaling, pixels = learned.scaling_and_sample(cube, config)
+        models, sample, workers = learned.train_runs(None, cube, config, 1, scaling, device, pixels=pixels)
         scores, _ = learned.learned_scores(cube, models, (config.metric,), sample)
         score = scores["score_runs"].isel(run=0).values
     truth = ds[cubes.GROUND_TRUTH].values
-    figures = evaluate.metrics(score, truth)
-    fpr, tpr = evaluate.roc(score, truth)
+    figures, (fpr, tpr) = evaluate.metrics_and_roc(score, truth)
     history = models[0].history
     return {
         **_row_head(spec, setting, repeat, config.seed),
