@@ -29,6 +29,10 @@ def tile_pixels(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _tile_stats(block: np.ndarray, fn: PixelFn | None) -> BackgroundStats:
+    if fn is None:  # optimistic: statistics of every pixel, recomputed without NaN pixels if there were some
+        stats = BackgroundStats.from_pixels(block.reshape(block.shape[0], -1).T, all_valid=True)
+        if stats.is_finite():
+            return stats
     pixels, _ = tile_pixels(block)
     features = pixels if fn is None else fn(pixels)
     if features.shape[0] == 0:
@@ -36,20 +40,31 @@ def _tile_stats(block: np.ndarray, fn: PixelFn | None) -> BackgroundStats:
     return BackgroundStats.from_pixels(features, all_valid=fn is None)
 
 
-def _merge(a: BackgroundStats, b: BackgroundStats) -> BackgroundStats:
-    return a.merge(b)
+def _tile_stats_cell(block: np.ndarray, fn: PixelFn | None) -> np.ndarray:
+    """:func:`_tile_stats` as a one-element object array, for ``map_blocks``."""
+    cell = np.empty((1, 1, 1), dtype=object)
+    cell[0, 0, 0] = _tile_stats(block, fn)
+    return cell
+
+
+def _unwrap(part) -> BackgroundStats:
+    return part.item() if isinstance(part, np.ndarray) else part
+
+
+def _merge(a, b) -> BackgroundStats:
+    return _unwrap(a).merge(_unwrap(b))
 
 
 def background_stats_graph(cube: xr.DataArray, fn: PixelFn | None = None, name: str = "rx-stats"):
     """Delayed :class:`BackgroundStats` of the valid pixels (or of ``fn`` of them): per-tile
-    statistics merged pairwise in a tree, one pass over the cube."""
+    statistics (each tile read and reduced in one task) merged pairwise in a tree, one pass
+    over the cube."""
     token = tokenize(cube.data, fn)
     fn_key = dask.delayed(fn, pure=True) if fn is not None else None
-    blocks = cube.data.to_delayed().ravel()
-    parts = [
-        dask.delayed(_tile_stats, pure=True)(b, fn_key, dask_key_name=f"{name}-{token}-{i}")
-        for i, b in enumerate(blocks)
-    ]
+    n_tiles = [len(c) for c in cube.data.chunks]
+    cells = da.map_blocks(_tile_stats_cell, cube.data, fn_key, dtype=object, meta=np.empty((0, 0, 0), dtype=object),
+                          chunks=tuple((1,) * n for n in n_tiles), name=f"{name}-{token}")
+    parts = list(cells.to_delayed().ravel())  # optimised: the read is fused into each tile's task
     level = 0
     while len(parts) > 1:
         pairs = [parts[i : i + 2] for i in range(0, len(parts), 2)]
@@ -58,6 +73,8 @@ def background_stats_graph(cube: xr.DataArray, fn: PixelFn | None = None, name: 
             for i, p in enumerate(pairs)
         ]
         level += 1
+    if n_tiles == [1, 1, 1]:
+        return dask.delayed(_unwrap, pure=True)(parts[0], dask_key_name=f"{name}-merge-{token}")
     return parts[0]
 
 

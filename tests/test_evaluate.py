@@ -59,3 +59,17 @@ def test_average_roc_of_identical_runs_has_no_spread():
     np.testing.assert_allclose(avg["tpr_std"], 0, atol=1e-12)
     assert np.all(np.diff(avg["tpr_mean"]) >= 0)
     np.testing.assert_allclose(avg["tpr_mean"], np.interp(avg["fpr"], *curve))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_roc_points_equal_sklearn_with_ties(dtype):
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
+    rng = np.random.default_rng(3)
+    truth = rng.random((80, 70)) < 0.03
+    scores = (np.round(rng.normal(size=truth.shape) * 4) + 3 * truth).astype(dtype)  # many ties
+    fpr, tpr = roc(scores, truth)
+    sk_fpr, sk_tpr, _ = sk_roc_curve(truth.ravel(), scores.ravel(), drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+    assert metrics(scores, truth)["auc"] == pytest.approx(roc_auc_score(truth.ravel(), scores.ravel()))
