@@ -8,6 +8,7 @@ store (compressed, sharded, remote, Zarr v2) is read through zarr-python.
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -28,13 +29,12 @@ class ChunkReader:
         self.chunks = self.array.chunks
         self._raw_root = _raw_chunk_root(self.array)
 
-    def __reduce__(self):  # workers reopen the store by path
-        return ChunkReader, (self.store_path, self.name)
+    def __reduce__(self):  # workers reopen the store by path, once per process
+        return _reopen, (self.store_path, self.name)
 
     def __dask_tokenize__(self):
-        meta = Path(self.store_path, self.name, "zarr.json")
-        stamp = meta.stat().st_mtime_ns if meta.exists() else None
-        return ("ChunkReader", self.store_path, self.name, self.shape, str(self.dtype), self.chunks, stamp)
+        return ("ChunkReader", self.store_path, self.name, self.shape, str(self.dtype), self.chunks,
+                _stamp(self.store_path, self.name))
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
         index = self._chunk_index(key)
@@ -65,6 +65,23 @@ class ChunkReader:
                 return None
             index.append(start // chunk)
         return tuple(index)
+
+
+def _stamp(store_path: str, name: str) -> int | None:
+    """Modification time of the array's metadata: a rewritten store is a new array."""
+    meta = Path(store_path, name, "zarr.json")
+    return meta.stat().st_mtime_ns if meta.exists() else None
+
+
+@functools.lru_cache(maxsize=16)
+def _cached(store_path: str, name: str, stamp: int | None) -> ChunkReader:
+    return ChunkReader(store_path, name)
+
+
+def _reopen(store_path: str, name: str) -> ChunkReader:
+    """The process's reader of this array (opening a store costs 1.5 ms; every tile task
+    carries the reader)."""
+    return _cached(store_path, name, _stamp(store_path, name))
 
 
 def _raw_chunk_root(array) -> str | None:

@@ -21,7 +21,10 @@ def valid_pairs(scores, truth) -> tuple[np.ndarray, np.ndarray]:
     if scores.shape != truth.shape:
         raise InputError(f"ground truth has shape {truth.shape}, the score map is {scores.shape}")
     keep = np.isfinite(scores).ravel()
-    labels = (np.nan_to_num(truth.astype(np.float64)).ravel() > 0)[keep]
+    if truth.dtype.kind in "biu":  # the usual uint8 masks: no float copy
+        labels = (truth.ravel() > 0)[keep]
+    else:
+        labels = (np.nan_to_num(truth.astype(np.float64)).ravel() > 0)[keep]
     if not labels.any():
         raise InputError("ground truth holds no anomaly pixels (among pixels with a score)")
     if labels.all():
@@ -44,7 +47,8 @@ def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     ranked = scores[order]
     last_of_tie = np.flatnonzero(ranked[1:] != ranked[:-1])
     ends = np.append(last_of_tie, ranked.size - 1)
-    true_pos = np.cumsum(labels[order], dtype=np.int64)[ends]
+    count_dtype = np.int32 if ranked.size < 2**31 else np.int64
+    true_pos = np.cumsum(labels[order], dtype=count_dtype)[ends].astype(np.int64)
     false_pos = ends + 1 - true_pos
     return (np.concatenate([[0.0], false_pos / false_pos[-1]]),
             np.concatenate([[0.0], true_pos / true_pos[-1]]))

@@ -138,11 +138,12 @@ def rx_scores(cube: xr.DataArray, model) -> xr.Dataset:
 
 
 def write_score_store(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset, client) -> xr.Dataset:
-    """Write ``scores.zarr`` tile by tile on the cluster; return it reopened (lazily)."""
+    """Write ``scores.zarr`` tile by tile on the cluster; return it reopened (lazily, read
+    here through zarr when used: 0.1 s instead of 0.4-0.8 s through Dask for a 2048 x 2048 map)."""
     if cube_ds.rio.crs is not None:
         scores = scores.rio.write_crs(cube_ds.rio.crs).rio.write_transform(cube_ds.rio.transform())
     outputs.write_scores(scores, run_dir / "scores.zarr", client)
-    return xr.open_zarr(run_dir / "scores.zarr", consolidated=False, decode_coords="all")
+    return xr.open_zarr(run_dir / "scores.zarr", consolidated=False, decode_coords="all", chunks=None)
 
 
 def write_geotiff(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset) -> bool:
@@ -251,6 +252,8 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         # first: bad input fails before a cluster starts
         cube_path = stage.run("ingest", prepare_cube, src, tmp, **(ingest_options or {}))
         cube_ds = cubes.open_cube(cube_path)
+        if cubes.GROUND_TRUTH in cube_ds:  # one byte per pixel, used twice: read once, here, not on the cluster
+            cube_ds[cubes.GROUND_TRUTH] = cube_ds[cubes.GROUND_TRUTH].load(scheduler="threads")
         if client is None:
             client = stack.enter_context(cluster.dask_client(dask_address))
         link = cluster.dashboard_link(client)

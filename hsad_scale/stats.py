@@ -62,10 +62,12 @@ class BackgroundStats:
         ``m - s`` is small against the spread."""
         n, k = pixels.shape
         shift = pixels[:: max(1, n // 64)].mean(axis=0, dtype=np.float64)
-        augmented = _block_buffer(n, k + 1)  # (n, k + 1) float64, Fortran order
+        order = "C" if pixels.flags.c_contiguous else "F"  # the buffer's layout follows the input's: no transposing copy
+        augmented = _block_buffer(n, k + 1, order=order)  # (n, k + 1) float64
         np.subtract(pixels, shift, out=augmented[:, :k])  # exact float32 -> float64 conversion, then shift
         augmented[:, k] = 1.0
-        gram = blas.dsyrk(1.0, augmented, trans=1)  # (k+1, k+1), upper triangle of augmented^T augmented
+        # (k+1, k+1), upper triangle of augmented^T augmented; BLAS sees the Fortran-ordered operand
+        gram = blas.dsyrk(1.0, augmented.T, trans=0) if order == "C" else blas.dsyrk(1.0, augmented, trans=1)
         offset = gram[:k, k] / n  # m - s
         scatter = np.triu(gram[:k, :k])
         scatter += np.triu(gram[:k, :k], 1).T
@@ -118,15 +120,15 @@ def merge_all(parts) -> BackgroundStats:
 _buffers = threading.local()
 
 
-def _block_buffer(n: int, k: int, dtype=np.float64) -> np.ndarray:
-    """A ``(n, k)`` Fortran-ordered scratch array, reused by this thread (no fresh pages to
+def _block_buffer(n: int, k: int, dtype=np.float64, order: str = "F") -> np.ndarray:
+    """A ``(n, k)`` scratch array in ``order``, reused by this thread (no fresh pages to
     fault in for every block)."""
-    name = f"block_{np.dtype(dtype).name}"
+    name = f"block_{np.dtype(dtype).name}_{order}"
     flat = getattr(_buffers, name, None)
     if flat is None or flat.size < n * k:
         flat = np.empty(max(n, BLOCK_PIXELS) * max(k, 2), dtype=dtype)
         setattr(_buffers, name, flat)
-    return flat[: n * k].reshape((n, k), order="F")
+    return flat[: n * k].reshape((n, k), order=order)
 
 
 def drop_invalid(pixels: np.ndarray) -> np.ndarray:
@@ -175,9 +177,13 @@ class Whitener:
         correction = (self.matrix @ (offset.astype(np.float64) - self.mean)).astype(dtype)
         for start in range(0, pixels.shape[0], BLOCK_PIXELS):
             block = pixels[start : start + BLOCK_PIXELS]
-            centred = _block_buffer(*block.shape, dtype)  # (n, k) Fortran order, reused
+            order = "C" if block.flags.c_contiguous else "F"
+            centred = _block_buffer(*block.shape, dtype, order=order)  # (n, k), the input's layout, reused
             np.subtract(block, offset, out=centred, casting="unsafe")
-            whitened = trmm(1.0, matrix, centred, side=1, lower=1, trans_a=1, overwrite_b=1)  # centred @ matrix^T
+            if order == "F":  # centred @ matrix^T, in place
+                whitened = trmm(1.0, matrix, centred, side=1, lower=1, trans_a=1, overwrite_b=1)
+            else:  # (matrix @ centred^T)^T, in place on the Fortran-ordered transpose
+                whitened = trmm(1.0, matrix, centred.T, side=0, lower=1, trans_a=0, overwrite_b=1).T
             whitened += correction
             # a sum of k squares in the product's dtype (float32: 1e-6 relative error, 4x faster)
             out[start : start + BLOCK_PIXELS] = np.einsum("ij,ij->i", whitened, whitened)

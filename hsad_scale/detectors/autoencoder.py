@@ -394,6 +394,21 @@ class StackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
 
+    def forward_shared(self, x: torch.Tensor) -> torch.Tensor:
+        """The same input ``(n, in)`` into every member: one matrix product ``(n, in) @ (in, M*out)``
+        instead of a batched one over M copies; returns ``(M, n, out)`` (a permuted view)."""
+        m, n_in, n_out = self.weight.shape
+        flat = torch.addmm(self.bias.reshape(m * n_out), x, self.weight.permute(1, 0, 2).reshape(n_in, m * n_out))
+        return flat.view(x.shape[0], m, n_out).permute(1, 0, 2)
+
+    def forward_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The members' mean output ``(n, out)`` of inputs ``(M, n, in)``: one product
+        ``(n, M*in) @ (M*in, out)``, without the ``(M, n, out)`` intermediate."""
+        m, n_in, n_out = self.weight.shape
+        stacked = x.permute(1, 0, 2).reshape(x.shape[1], m * n_in)
+        return torch.addmm(self.bias.mean(dim=0).reshape(n_out), stacked, self.weight.reshape(m * n_in, n_out),
+                           alpha=1.0 / m)
+
 
 def _mlp(members: int, widths: list[int], last_activation: str) -> nn.Sequential:
     mods: list[nn.Module] = []
@@ -438,6 +453,26 @@ class AENet(nn.Module):
             return self.mu(h), self.logvar(h)
         return h, None
 
+    def encode_shared(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent (means) ``(M, n, latent)`` of one input ``(n, B)`` for every member
+        (inference: the same values as :meth:`encode` on ``x`` expanded to ``(M, n, B)``)."""
+        layers = list(self.encoder) + ([self.mu] if self.variational else [])
+        h = layers[0].forward_shared(x)
+        for layer in layers[1:]:
+            h = _inference_layer(layer, h)
+        return h
+
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """Members' mean reconstruction ``(n, B)`` of latents ``(M, n, latent)``; the last
+        layer and the mean are one product when the output is linear."""
+        layers = list(self.decoder)
+        if not isinstance(layers[-1], StackedLinear):  # a sigmoid output: average after it
+            return self.decoder(z).mean(dim=0)
+        h = z
+        for layer in layers[:-1]:
+            h = _inference_layer(layer, h)
+        return layers[-1].forward_mean(h)
+
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None):
         """Returns ``(x_hat, latent, logvar)``; the VAE samples its latent when a generator
         is given (training) and decodes the mean otherwise."""
@@ -447,6 +482,11 @@ class AENet(nn.Module):
             eps = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
             code = z + eps * torch.exp(0.5 * logvar)
         return self.decoder(code), z, logvar
+
+
+def _inference_layer(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """``layer(h)``, with ReLU in place (no gradients at inference: saves a tensor per layer)."""
+    return torch.relu_(h) if isinstance(layer, nn.ReLU) else layer(h)
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -701,16 +741,14 @@ class TrainedModel:
             k = self.feature_count(want) if METRIC_KIND[want] == "mahalanobis" else 0
         out = np.empty((n, k) if k else (n,), dtype=np.float32)
         dev = self.device
-        m = self.config.members
         scale32 = torch.from_numpy(self.scaling.scale.astype(np.float32)).to(dev)
         offset32 = torch.from_numpy(self.scaling.offset.astype(np.float32)).to(dev)
         with torch.inference_mode():
             for start in range(0, n, INFERENCE_BATCH):
                 chunk = pixels[start:start + INFERENCE_BATCH]
                 x = torch.from_numpy(np.ascontiguousarray(self.scaling.apply(chunk))).to(dev)
-                xb = x.unsqueeze(0).expand(m, -1, -1)
-                z, _ = self.net.encode(xb)
-                x_hat = self.net.decoder(z).mean(dim=0) if want not in ("latent-mahal",) else None
+                z = self.net.encode_shared(x)
+                x_hat = self.net.decode_mean(z) if want not in ("latent-mahal",) else None
                 if want == "recon":
                     res = x_hat
                 elif want == "resid-mahal":
