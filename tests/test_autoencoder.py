@@ -322,13 +322,19 @@ def test_metrics_against_numpy_reference(pixels, ae_model, vae_model, which):
                                rtol=2e-3)
 
 
-def test_members_average_reconstructions(pixels):
-    model = fit(pixels, TINY_AE.replace(members=3), device="cpu")
-    assert model.score(pixels, "latent-mahal").shape == (len(pixels), 9)
+@pytest.mark.parametrize("config", [TINY_AE, TINY_AE.replace(scaling="band-minmax", output_activation="sigmoid"),
+                                    TINY_VAE], ids=["ae-linear-output", "ae-sigmoid-output", "vae"])
+def test_members_average_reconstructions(pixels, config):
+    """Scoring's shared-input forward (one product for all members in, one for their mean out)
+    gives the module's own forward, averaged over members."""
+    model = fit(pixels, config.replace(members=3), device="cpu")
+    assert model.score(pixels, "latent-mahal").shape == (len(pixels), 3 * config.latent)
     xs = model.scaling.apply(pixels)
     with torch.no_grad():
-        x_hat, _, _ = model.net(torch.from_numpy(xs).expand(3, -1, -1))
+        x_hat, mu, _ = model.net(torch.from_numpy(xs).expand(3, -1, -1))
     np.testing.assert_allclose(model.score(pixels, "resid-mahal"), xs - x_hat.mean(0).numpy(), atol=1e-5)
+    np.testing.assert_allclose(model.score(pixels, "latent-mahal"), mu.permute(1, 0, 2).reshape(len(pixels), -1).numpy(),
+                               atol=1e-5)
 
 
 @pytest.mark.parametrize("config", [TINY_AE, TINY_VAE], ids=["ae", "vae"])
