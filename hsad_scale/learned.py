@@ -22,8 +22,7 @@ import yaml
 from hsad_scale.detectors import autoencoder as ae, ensemble as ensemble_ops
 from hsad_scale.errors import InputError
 from hsad_scale.stats import Whitener, whitener
-from hsad_scale.tiles import (background_stats_graph, band_range_graph, sample_pixels, sample_pixels_graph,
-                              score_map)
+from hsad_scale.tiles import background_stats_graph, band_summary_and_sample_graph, sample_pixels, score_map
 
 ENSEMBLES = ("mean", "max")
 #: Pixels of the training sample (evenly strided: it is a random sample already) whose scores
@@ -67,33 +66,20 @@ def resolve_config(method: str, preset: str | None = None, config_file: str | No
         raise InputError(str(exc)) from None
 
 
-def _scaling_graphs(cube: xr.DataArray, config) -> list:
-    """The lazy reductions a scaling needs: background statistics (``standardise``; the RX
-    reduction) or band minima and maxima."""
-    if config.scaling == "standardise":
-        return [background_stats_graph(cube, name="scaling-stats")]
-    return list(band_range_graph(cube))
-
-
-def _scaling(config, computed) -> ae.BandScaling:
-    if config.scaling == "standardise":
-        return ae.BandScaling.from_stats(computed[0])
-    low, high = (np.asarray(c, dtype=np.float64) for c in computed)
-    return ae.BandScaling.from_minmax(low, high, config.scaling)
-
-
 def fit_scaling(cube: xr.DataArray, config) -> ae.BandScaling:
-    """Per-band scaling from a Dask reduction over the cube: background mean and standard
-    deviation (``standardise``) or band minima and maxima."""
-    return _scaling(config, dask.compute(*_scaling_graphs(cube, config)))
+    """Per-band scaling (``config.scaling``) from a Dask reduction over the cube's valid
+    pixels: background mean and standard deviation, or band minima and maxima."""
+    return scaling_and_sample(cube, config, n_samples=0)[0]
 
 
-def scaling_and_sample(cube: xr.DataArray, config) -> tuple[ae.BandScaling, np.ndarray]:
-    """:func:`fit_scaling` and the training sample (:func:`sample_pixels`) from one pass over
-    the cube: both graphs computed together, so every tile is read once."""
-    graphs = _scaling_graphs(cube, config)
-    computed = dask.compute(*graphs, *sample_pixels_graph(cube, config.max_train_pixels, seed=config.seed))
-    return _scaling(config, computed[: len(graphs)]), np.concatenate(computed[len(graphs):], axis=0)
+def scaling_and_sample(cube: xr.DataArray, config, n_samples: int | None = None) -> tuple[ae.BandScaling, np.ndarray]:
+    """:func:`fit_scaling` and the training sample (:func:`sample_pixels`, ``n_samples``
+    pixels, default ``config.max_train_pixels``) from one pass over the cube, each tile read
+    and summarised in one task."""
+    n_samples = config.max_train_pixels if n_samples is None else n_samples
+    summary, parts = dask.compute(band_summary_and_sample_graph(cube, n_samples, seed=config.seed))[0]
+    pixels = np.concatenate(parts, axis=0) if parts else np.empty((0, cube.shape[0]), dtype=np.float32)
+    return ae.BandScaling.from_summary(summary, config.scaling), pixels
 
 
 def _train(pixels: np.ndarray, config, scaling: ae.BandScaling, device: str):

@@ -108,6 +108,57 @@ class BackgroundStats:
             return cls(int(f["count"]), f["mean"], f["scatter"])
 
 
+@dataclass(frozen=True)
+class BandSummary:
+    """Per-feature count, mean ``(k,)``, sum of squared deviations ``(k,)`` (float64, merged
+    with Chan et al.'s update like :class:`BackgroundStats`, without the cross terms), minimum
+    and maximum ``(k,)``: what a per-band scaling needs, at a fraction of a covariance's cost."""
+
+    count: int
+    mean: np.ndarray
+    m2: np.ndarray
+    minimum: np.ndarray
+    maximum: np.ndarray
+
+    @classmethod
+    def empty(cls, n_features: int) -> "BandSummary":
+        zeros = np.zeros(n_features)
+        return cls(0, zeros, zeros, np.full(n_features, np.inf), np.full(n_features, -np.inf))
+
+    @classmethod
+    def from_pixels(cls, pixels: np.ndarray) -> "BandSummary":
+        """Summary of the rows of ``pixels`` ``(n, k)`` without NaN/Inf."""
+        pixels = drop_invalid(pixels)
+        n, k = pixels.shape
+        if n == 0:
+            return cls.empty(k)
+        mean = pixels.mean(axis=0, dtype=np.float64)
+        m2 = np.zeros(k)
+        for start in range(0, n, BLOCK_PIXELS):
+            block = pixels[start : start + BLOCK_PIXELS]
+            order = "C" if block.flags.c_contiguous else "F"
+            centred = _block_buffer(*block.shape, order=order)
+            np.subtract(block, mean, out=centred)
+            m2 += np.einsum("ij,ij->j", centred, centred)
+        return cls(n, mean, m2, pixels.min(axis=0).astype(np.float64), pixels.max(axis=0).astype(np.float64))
+
+    def merge(self, other: "BandSummary") -> "BandSummary":
+        if other.count == 0:
+            return self
+        if self.count == 0:
+            return other
+        count = self.count + other.count
+        delta = other.mean - self.mean
+        return BandSummary(count, self.mean + delta * (other.count / count),
+                           self.m2 + other.m2 + delta * delta * (self.count * other.count / count),
+                           np.minimum(self.minimum, other.minimum), np.maximum(self.maximum, other.maximum))
+
+    @property
+    def variance(self) -> np.ndarray:
+        """Unbiased variance ``(k,)``."""
+        return self.m2 / max(self.count - 1, 1)
+
+
 def merge_all(parts) -> BackgroundStats:
     """Merge an iterable of :class:`BackgroundStats` (pairwise, in order)."""
     parts = list(parts)

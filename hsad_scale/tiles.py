@@ -16,7 +16,7 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 
-from hsad_scale.stats import BackgroundStats
+from hsad_scale.stats import BackgroundStats, BandSummary
 
 PixelFn = Callable[[np.ndarray], np.ndarray]  # (n, bands) -> (n,) scores or (n, k) features
 
@@ -40,42 +40,74 @@ def _tile_stats(block: np.ndarray, fn: PixelFn | None) -> BackgroundStats:
     return BackgroundStats.from_pixels(features, all_valid=fn is None)
 
 
-def _tile_stats_cell(block: np.ndarray, fn: PixelFn | None) -> np.ndarray:
-    """:func:`_tile_stats` as a one-element object array, for ``map_blocks``."""
+def _tile_cell(block: np.ndarray, tile_fn: Callable, extra, block_id=None) -> np.ndarray:
+    """``tile_fn(block, (row, col) of the tile, extra)`` as a one-element object array, for ``map_blocks``."""
     cell = np.empty((1, 1, 1), dtype=object)
-    cell[0, 0, 0] = _tile_stats(block, fn)
+    cell[0, 0, 0] = tile_fn(block, tuple(block_id[1:]), extra)
     return cell
 
 
-def _unwrap(part) -> BackgroundStats:
-    return part.item() if isinstance(part, np.ndarray) else part
+def _unwrap(part):
+    return part.item() if isinstance(part, np.ndarray) and part.dtype == object else part
 
 
-def _merge(a, b) -> BackgroundStats:
-    return _unwrap(a).merge(_unwrap(b))
+def _merge_parts(merge_fn: Callable, a, b):
+    return merge_fn(_unwrap(a), _unwrap(b))
 
 
-def background_stats_graph(cube: xr.DataArray, fn: PixelFn | None = None, name: str = "rx-stats"):
-    """Delayed :class:`BackgroundStats` of the valid pixels (or of ``fn`` of them): per-tile
-    statistics (each tile read and reduced in one task) merged pairwise in a tree, one pass
-    over the cube."""
-    token = tokenize(cube.data, fn)
-    fn_key = dask.delayed(fn, pure=True) if fn is not None else None
+def tile_reduction_graph(cube: xr.DataArray, tile_fn: Callable, merge_fn: Callable, name: str, extra=None):
+    """Delayed reduction over the cube's tiles: ``tile_fn(block, (row, col), extra)`` on each
+    tile ``(bands, ny, nx)`` (read and reduced in one task; ``extra`` sent to each worker once),
+    the parts merged pairwise in tile order by ``merge_fn(a, b)`` in a tree. One pass."""
+    token = tokenize(cube.data, tile_fn, merge_fn, extra)
+    extra_key = dask.delayed(extra, pure=True) if extra is not None else None
     n_tiles = [len(c) for c in cube.data.chunks]
-    cells = da.map_blocks(_tile_stats_cell, cube.data, fn_key, dtype=object, meta=np.empty((0, 0, 0), dtype=object),
+    cells = da.map_blocks(_tile_cell, cube.data, tile_fn, extra_key, dtype=object, meta=np.empty((0, 0, 0), dtype=object),
                           chunks=tuple((1,) * n for n in n_tiles), name=f"{name}-{token}")
     parts = list(cells.to_delayed().ravel())  # optimised: the read is fused into each tile's task
     level = 0
     while len(parts) > 1:
         pairs = [parts[i : i + 2] for i in range(0, len(parts), 2)]
         parts = [
-            dask.delayed(_merge, pure=True)(*p, dask_key_name=f"{name}-merge-{token}-{level}-{i}") if len(p) == 2 else p[0]
+            dask.delayed(_merge_parts, pure=True)(merge_fn, *p, dask_key_name=f"{name}-merge-{token}-{level}-{i}")
+            if len(p) == 2 else p[0]
             for i, p in enumerate(pairs)
         ]
         level += 1
-    if n_tiles == [1, 1, 1]:
-        return dask.delayed(_unwrap, pure=True)(parts[0], dask_key_name=f"{name}-merge-{token}")
-    return parts[0]
+    return dask.delayed(_unwrap, pure=True)(parts[0], dask_key_name=f"{name}-total-{token}")
+
+
+def _stats_tile(block: np.ndarray, tile, fn: PixelFn | None) -> BackgroundStats:
+    return _tile_stats(block, fn)
+
+
+def _merge(a: BackgroundStats, b: BackgroundStats) -> BackgroundStats:
+    return a.merge(b)
+
+
+def background_stats_graph(cube: xr.DataArray, fn: PixelFn | None = None, name: str = "rx-stats"):
+    """Delayed :class:`BackgroundStats` of the valid pixels (or of ``fn`` of them): per-tile
+    statistics merged pairwise in a tree, one pass over the cube."""
+    return tile_reduction_graph(cube, _stats_tile, _merge, name, extra=fn)
+
+
+def _summary_and_sample_tile(block: np.ndarray, tile, picks_by_tile: dict):
+    picks = picks_by_tile.get(tile)
+    sample = [_tile_sample(block, picks)] if picks is not None else []
+    return BandSummary.from_pixels(block.reshape(block.shape[0], -1).T), sample
+
+
+def _merge_summary_and_sample(a, b):
+    return a[0].merge(b[0]), a[1] + b[1]
+
+
+def band_summary_and_sample_graph(cube: xr.DataArray, n_samples: int, seed: int = 0):
+    """Delayed ``(BandSummary, list of sample parts)``: per-band count, mean, variance, minimum
+    and maximum of the valid pixels and the training sample of :func:`sample_pixels` (the same
+    pixels, in the same order), from one pass in which each tile is read once."""
+    picks_by_tile = {tile: local for tile, local in _sample_plan(cube, n_samples, seed)}
+    return tile_reduction_graph(cube, _summary_and_sample_tile, _merge_summary_and_sample, "scaling-sample",
+                                extra=picks_by_tile)
 
 
 def background_stats(cube: xr.DataArray, fn: PixelFn | None = None, name: str = "rx-stats") -> BackgroundStats:
@@ -106,11 +138,6 @@ def score_map(cube: xr.DataArray, fn: PixelFn, n_out: int = 1, name: str = "scor
     return scores.isel(output=0, drop=True) if n_out == 1 else scores
 
 
-def band_range_graph(cube: xr.DataArray) -> tuple[da.Array, da.Array]:
-    """Lazy per-band minimum and maximum ``(bands,)`` of valid pixels (Dask reductions)."""
-    return da.nanmin(cube.data, axis=(1, 2)), da.nanmax(cube.data, axis=(1, 2))
-
-
 def _tile_sample(block: np.ndarray, picks: np.ndarray) -> np.ndarray:
     pixels = block.reshape(block.shape[0], -1).T[picks]
     return pixels[np.isfinite(pixels.sum(axis=1))].astype(np.float32)
@@ -122,8 +149,9 @@ def sample_pixels(cube: xr.DataArray, n_samples: int, seed: int = 0) -> np.ndarr
     return np.concatenate(dask.compute(*sample_pixels_graph(cube, n_samples, seed)), axis=0)
 
 
-def sample_pixels_graph(cube: xr.DataArray, n_samples: int, seed: int = 0) -> list:
-    """The delayed per-tile parts of :func:`sample_pixels` (to compute with other passes)."""
+def _sample_plan(cube: xr.DataArray, n_samples: int, seed: int) -> list:
+    """``[((row, col) of a tile, flat pixel indices in that tile), ...]`` in tile order: all
+    pixels when the scene has at most ``n_samples``, else a uniform random choice of that many."""
     _, ny, nx = cube.shape
     total = ny * nx
     rng = np.random.default_rng(seed)
@@ -136,12 +164,17 @@ def sample_pixels_graph(cube: xr.DataArray, n_samples: int, seed: int = 0) -> li
     tile = tile_i * (len(col_edges) - 1) + tile_j  # ascending with `chosen` within a tile row
     order = np.argsort(tile, kind="stable")
     tiles, starts = np.unique(tile[order], return_index=True)
-    blocks = cube.data.to_delayed()
-    parts = []
+    plan = []
     for t, picks in zip(tiles, np.split(order, starts[1:])):
         bi, bj = divmod(int(t), len(col_edges) - 1)
         width = col_edges[bj + 1] - col_edges[bj]
-        local = (rows[picks] - row_edges[bi]) * width + (cols[picks] - col_edges[bj])
-        parts.append(dask.delayed(_tile_sample, pure=True)(blocks[0, bi, bj], local,
-                                                           dask_key_name=f"train-sample-{tokenize(cube.data, local)}"))
-    return parts
+        plan.append(((bi, bj), (rows[picks] - row_edges[bi]) * width + (cols[picks] - col_edges[bj])))
+    return plan
+
+
+def sample_pixels_graph(cube: xr.DataArray, n_samples: int, seed: int = 0) -> list:
+    """The delayed per-tile parts of :func:`sample_pixels`."""
+    blocks = cube.data.to_delayed()
+    return [dask.delayed(_tile_sample, pure=True)(blocks[0, bi, bj], local,
+                                                  dask_key_name=f"train-sample-{tokenize(cube.data, local)}")
+            for (bi, bj), local in _sample_plan(cube, n_samples, seed)]

@@ -106,3 +106,21 @@ def test_rx_is_invariant_to_invertible_affine_band_transforms(seed, bands, scale
     y = x @ a.T + b
     after = score_rx(fit_rx(y), y)
     np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-6 * bands)
+
+
+def test_band_summary_merges_to_the_whole_array_figures():
+    from hsad_scale.stats import BandSummary
+
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(3000, 7)) * [1, 10, 1e3, 1, 1, 1, 1] + 1e4).astype(np.float32)
+    x[17] = np.nan
+    parts = [BandSummary.from_pixels(p) for p in (x[:5], x[5:1200], x[1200:1200], np.asfortranarray(x[1200:]))]
+    total = parts[0]
+    for p in parts[1:]:
+        total = total.merge(p)
+    valid = x[np.isfinite(x).all(axis=1)].astype(np.float64)
+    assert total.count == len(valid)
+    np.testing.assert_allclose(total.mean, valid.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(total.variance, valid.var(axis=0, ddof=1), rtol=1e-9)
+    np.testing.assert_array_equal(total.minimum, valid.min(axis=0))
+    np.testing.assert_array_equal(total.maximum, valid.max(axis=0))

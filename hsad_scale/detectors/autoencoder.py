@@ -326,6 +326,15 @@ class BandScaling:
         return cls(stats.mean, np.sqrt(np.maximum(np.diag(stats.covariance), 0.0)), "standardise")
 
     @classmethod
+    def from_summary(cls, summary, mode: str) -> "BandScaling":
+        """Scaling ``mode`` from a per-band :class:`hsad_scale.stats.BandSummary`."""
+        _check(mode in SCALINGS, f"scaling mode must be one of {', '.join(SCALINGS)}; got {mode!r}")
+        _check(summary.count >= 2, "scaling needs at least two valid pixels")
+        if mode == "standardise":
+            return cls(summary.mean, np.sqrt(np.maximum(summary.variance, 0.0)), "standardise")
+        return cls.from_minmax(summary.minimum, summary.maximum, mode)
+
+    @classmethod
     def from_minmax(cls, minimum, maximum, mode: str = "band-minmax") -> "BandScaling":
         """Min-max scaling from per-band ``minimum``/``maximum`` ``(B,)``. With
         ``mode="global-minmax"`` the overall min and max of those are used for every band."""
