@@ -72,12 +72,15 @@ def fit_scaling(cube: xr.DataArray, config) -> ae.BandScaling:
     return scaling_and_sample(cube, config, n_samples=0)[0]
 
 
-def scaling_and_sample(cube: xr.DataArray, config, n_samples: int | None = None) -> tuple[ae.BandScaling, np.ndarray]:
+def scaling_and_sample(cube: xr.DataArray, config, n_samples: int | None = None,
+                       warm_worker: str | None = None) -> tuple[ae.BandScaling, np.ndarray]:
     """:func:`fit_scaling` and the training sample (:func:`sample_pixels`, ``n_samples``
     pixels, default ``config.max_train_pixels``) from one pass over the cube, each tile read
-    and summarised in one task."""
+    and summarised in one task (on the other workers than ``warm_worker`` while it warms up)."""
     n_samples = config.max_train_pixels if n_samples is None else n_samples
-    summary, parts = dask.compute(band_summary_and_sample_graph(cube, n_samples, seed=config.seed))[0]
+    graph = band_summary_and_sample_graph(cube, n_samples, seed=config.seed)
+    others = _other_workers(warm_worker)
+    summary, parts = (dask.compute(graph, workers=others) if others else dask.compute(graph))[0]
     pixels = np.concatenate(parts, axis=0) if parts else np.empty((0, cube.shape[0]), dtype=np.float32)
     return ae.BandScaling.from_summary(summary, config.scaling), pixels
 
@@ -99,6 +102,39 @@ def _import_torch() -> None:
     import torch  # noqa: F401
 
 
+def _import_training() -> None:
+    """Import what a training run imports on first use: torch, and torch._dynamo (every
+    torch.optim optimizer imports it when first built: 1.75 s on the benchmark VM)."""
+    import torch._dynamo  # noqa: F401
+
+
+def _other_workers(address: str | None) -> list[str]:
+    """Workers of the current client other than ``address`` (empty without a client or address)."""
+    if address is None:
+        return []
+    from distributed import get_client
+
+    try:
+        workers = get_client().scheduler_info()["workers"]
+    except ValueError:
+        return []
+    return [a for a in workers if a != address]
+
+
+def start_warm_up(client) -> str | None:
+    """Make one worker (a GPU worker where there is one) import PyTorch's training stack now,
+    while the others start on the scaling pass; returns its address for :func:`train_runs`
+    (None without a client). The future is kept on the client until the run ends."""
+    if client is None:
+        return None
+    workers = client.scheduler_info()["workers"]
+    gpu = [a for a, w in workers.items() if w.get("resources", {}).get("GPU")]
+    address = (gpu or sorted(workers))[0]
+    client.submit(_import_training, workers=[address], pure=False, priority=100,
+                  key=f"import-torch-training-{address}")
+    return address
+
+
 def gpu_resources(client) -> dict | None:
     """``{"GPU": 1}`` when some worker of the cluster declares a GPU resource, else None."""
     if client is None:
@@ -108,11 +144,12 @@ def gpu_resources(client) -> dict | None:
 
 
 def train_runs(client, cube: xr.DataArray, config, repeats: int, scaling: ae.BandScaling, device: str = "auto",
-               pixels: np.ndarray | None = None):
+               pixels: np.ndarray | None = None, warm_worker: str | None = None):
     """Train ``repeats`` models with seeds ``config.seed + i`` on one shared pixel sample
     (``pixels``, else drawn now: all valid pixels of a small scene, else ``max_train_pixels``
     drawn uniformly). Each run is a cluster task ``train-<kind>-<i>``, placed on a GPU worker
-    when the cluster has one. Returns (models, training sample, worker name per run)."""
+    when the cluster has one (a single run goes to ``warm_worker``, from :func:`start_warm_up`,
+    when it is still there). Returns (models, training sample, worker name per run)."""
     if pixels is None:
         pixels = sample_pixels(cube, config.max_train_pixels, seed=config.seed)
     if pixels.shape[0] < 2:
@@ -125,8 +162,9 @@ def train_runs(client, cube: xr.DataArray, config, repeats: int, scaling: ae.Ban
                 for address in client.scheduler_info()["workers"]]  # idle workers import torch while one trains
         shared = client.scatter(pixels, broadcast=False)
         token = dask.base.tokenize(pixels, config, scaling, device)
+        place = {"workers": [warm_worker], "allow_other_workers": True} if warm_worker and repeats == 1 else {}
         futures = [client.submit(_train, shared, c, scaling, device, key=f"train-{config.kind}-{i}-{token}",
-                                 resources=gpu_resources(client), pure=False) for i, c in enumerate(configs)]
+                                 resources=gpu_resources(client), pure=False, **place) for i, c in enumerate(configs)]
         results = client.gather(futures)
         del warm
     return [m for m, _ in results], pixels, [w for _, w in results]

@@ -218,9 +218,12 @@ def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, cl
         sample = stage.run("sample", _learned().sample_pixels, cube, config.max_train_pixels, seed=config.seed)
     else:
         config = learned_config(options)
-        scaling, pixels = stage.run("scaling-stats", _learned().scaling_and_sample, cube, config)
+        warm_worker = _learned().start_warm_up(client)
+        scaling, pixels = stage.run("scaling-stats", _learned().scaling_and_sample, cube, config,
+                                    warm_worker=warm_worker)
         models, sample, workers = stage.run(f"train-{options.method}", _learned().train_runs, client, cube, config,
-                                            options.repeats, scaling, options.device, pixels=pixels)
+                                            options.repeats, scaling, options.device, pixels=pixels,
+                                            warm_worker=warm_worker)
     for model in models:
         model.save(run_dir / "model" / f"run-{model.config.seed}")
     if options.method == "vae":
