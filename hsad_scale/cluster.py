@@ -76,3 +76,37 @@ def describe(client) -> dict:
         for addr, w in info.get("workers", {}).items()
     ]
     return {"scheduler": client.scheduler.address, "dashboard": dashboard_link(client), "workers": workers}
+
+
+def _import_training() -> None:
+    """Import what a training run imports on first use: torch, and torch._dynamo (every
+    torch.optim optimizer imports it when first built: 1.75 s on the benchmark VM)."""
+    import torch._dynamo  # noqa: F401  (imported for its side effect)
+
+
+def other_workers(address: str | None) -> list[str]:
+    """Workers of the current client other than ``address`` (empty without a client or address)."""
+    if address is None:
+        return []
+    from distributed import get_client
+
+    try:
+        workers = get_client().scheduler_info()["workers"]
+    except ValueError:
+        return []
+    return [a for a in workers if a != address]
+
+
+def warm_up_training(client) -> tuple[str | None, object]:
+    """Make one worker (a GPU worker where there is one) import PyTorch's training stack now,
+    while the others start on the scaling pass. Returns its address (for
+    :func:`hsad_scale.learned.train_runs`) and the task's future, which the caller keeps
+    until training starts ((None, None) without a client)."""
+    if client is None:
+        return None, None
+    workers = client.scheduler_info()["workers"]
+    gpu = [a for a, w in workers.items() if w.get("resources", {}).get("GPU")]
+    address = (gpu or sorted(workers))[0]
+    future = client.submit(_import_training, workers=[address], pure=False, priority=100,
+                           key=f"import-torch-training-{address}")
+    return address, future

@@ -17,9 +17,10 @@ from pathlib import Path
 import dask
 import numpy as np
 import xarray as xr
-import yaml
 
 from hsad_scale.detectors import autoencoder as ae, ensemble as ensemble_ops
+from hsad_scale.detectors.ae_config import DEFAULT_PRESET, resolve_config  # noqa: F401  (re-exported)
+from hsad_scale.cluster import other_workers
 from hsad_scale.errors import InputError
 from hsad_scale.stats import Whitener, whitener
 from hsad_scale.tiles import background_stats_graph, band_summary_and_sample_graph, sample_pixels, score_map
@@ -29,41 +30,6 @@ ENSEMBLES = ("mean", "max")
 #: give each run's median and MAD for the ensemble: the standard error of a median from 50k
 #: pixels is a fraction of a percent of the spread, and scoring them takes 0.4 s, not 1.8 s.
 NORMALISER_PIXELS = 50_000
-DEFAULT_PRESET = {"ae": "default-ae", "vae": "default-vae"}
-
-
-def resolve_config(method: str, preset: str | None = None, config_file: str | None = None,
-                   overrides: list[str] | tuple = ()) -> ae.AEConfig | ae.VAEConfig:
-    """Settings of a learned detector: a preset (default ``default-<method>``), then a YAML
-    file's keys (optionally with its own ``preset:``), then ``key=value`` overrides."""
-    values: dict = {}
-    if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise InputError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(loaded, dict):
-            raise InputError(f"config file {path} must hold a mapping of settings")
-        preset = loaded.pop("preset", None) or preset
-        values.update(loaded.get("settings", loaded))
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"--set expects key=value, got {item!r}")
-        values[key.strip()] = yaml.safe_load(text)
-    preset = preset or DEFAULT_PRESET[method]
-    if preset not in ae.PRESETS:
-        raise InputError(f"unknown preset {preset!r}; choose from {', '.join(ae.PRESETS)}")
-    base = ae.PRESETS[preset]
-    if base.kind != method:
-        raise InputError(f"preset {preset!r} is a {base.kind.upper()}, not a {method.upper()}")
-    try:
-        return type(base).from_dict({**base.to_dict(), **values})
-    except (TypeError, ValueError) as exc:
-        raise InputError(str(exc)) from None
 
 
 def fit_scaling(cube: xr.DataArray, config) -> ae.BandScaling:
@@ -79,7 +45,7 @@ def scaling_and_sample(cube: xr.DataArray, config, n_samples: int | None = None,
     and summarised in one task (on the other workers than ``warm_worker`` while it warms up)."""
     n_samples = config.max_train_pixels if n_samples is None else n_samples
     graph = band_summary_and_sample_graph(cube, n_samples, seed=config.seed)
-    others = _other_workers(warm_worker)
+    others = other_workers(warm_worker)
     summary, parts = (dask.compute(graph, workers=others) if others else dask.compute(graph))[0]
     pixels = np.concatenate(parts, axis=0) if parts else np.empty((0, cube.shape[0]), dtype=np.float32)
     return ae.BandScaling.from_summary(summary, config.scaling), pixels
@@ -102,39 +68,6 @@ def _import_torch() -> None:
     import torch  # noqa: F401
 
 
-def _import_training() -> None:
-    """Import what a training run imports on first use: torch, and torch._dynamo (every
-    torch.optim optimizer imports it when first built: 1.75 s on the benchmark VM)."""
-    import torch._dynamo  # noqa: F401
-
-
-def _other_workers(address: str | None) -> list[str]:
-    """Workers of the current client other than ``address`` (empty without a client or address)."""
-    if address is None:
-        return []
-    from distributed import get_client
-
-    try:
-        workers = get_client().scheduler_info()["workers"]
-    except ValueError:
-        return []
-    return [a for a in workers if a != address]
-
-
-def start_warm_up(client) -> str | None:
-    """Make one worker (a GPU worker where there is one) import PyTorch's training stack now,
-    while the others start on the scaling pass; returns its address for :func:`train_runs`
-    (None without a client). The future is kept on the client until the run ends."""
-    if client is None:
-        return None
-    workers = client.scheduler_info()["workers"]
-    gpu = [a for a, w in workers.items() if w.get("resources", {}).get("GPU")]
-    address = (gpu or sorted(workers))[0]
-    client.submit(_import_training, workers=[address], pure=False, priority=100,
-                  key=f"import-torch-training-{address}")
-    return address
-
-
 def gpu_resources(client) -> dict | None:
     """``{"GPU": 1}`` when some worker of the cluster declares a GPU resource, else None."""
     if client is None:
@@ -148,7 +81,7 @@ def train_runs(client, cube: xr.DataArray, config, repeats: int, scaling: ae.Ban
     """Train ``repeats`` models with seeds ``config.seed + i`` on one shared pixel sample
     (``pixels``, else drawn now: all valid pixels of a small scene, else ``max_train_pixels``
     drawn uniformly). Each run is a cluster task ``train-<kind>-<i>``, placed on a GPU worker
-    when the cluster has one (a single run goes to ``warm_worker``, from :func:`start_warm_up`,
+    when the cluster has one (a single run goes to ``warm_worker``, from :func:`hsad_scale.cluster.warm_up_training`,
     when it is still there). Returns (models, training sample, worker name per run)."""
     if pixels is None:
         pixels = sample_pixels(cube, config.max_train_pixels, seed=config.seed)

@@ -201,7 +201,9 @@ def learned_config(options: DetectOptions):
     """The AE/VAE settings the options ask for (None for RX or a saved model)."""
     if options.method == "rx" or options.model:
         return None
-    return _learned().resolve_config(options.method, options.preset, options.config_file, options.settings)
+    from hsad_scale.detectors.ae_config import resolve_config  # no PyTorch yet: settings fail fast
+
+    return resolve_config(options.method, options.preset, options.config_file, options.settings)
 
 
 def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, client, stage: Stages):
@@ -218,12 +220,13 @@ def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, cl
         sample = stage.run("sample", _learned().sample_pixels, cube, config.max_train_pixels, seed=config.seed)
     else:
         config = learned_config(options)
-        warm_worker = _learned().start_warm_up(client)
+        warm_worker, warming = cluster.warm_up_training(client)  # before this process imports PyTorch
         scaling, pixels = stage.run("scaling-stats", _learned().scaling_and_sample, cube, config,
                                     warm_worker=warm_worker)
         models, sample, workers = stage.run(f"train-{options.method}", _learned().train_runs, client, cube, config,
                                             options.repeats, scaling, options.device, pixels=pixels,
                                             warm_worker=warm_worker)
+        del warming
     for model in models:
         model.save(run_dir / "model" / f"run-{model.config.seed}")
     if options.method == "vae":

@@ -116,3 +116,14 @@ def test_synth_and_ingest_refuse_to_overwrite(tmp_path):
     assert main(["synth", str(dest), "--size", "16x16", "--bands", "4"]) == 0
     assert main(["synth", str(dest), "--size", "16x16", "--bands", "4"]) == 2
     assert main(["synth", str(tmp_path / "t.zarr"), "--size", "banana"]) == 2
+
+
+def test_settings_are_checked_without_importing_torch():
+    """AE/VAE settings are validated (and the cluster started) before PyTorch is imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from hsad_scale.pipeline import DetectOptions, learned_config; "
+            "learned_config(DetectOptions(method='vae', settings=('beta=2',))); "
+            "from hsad_scale import cluster, tiles, stats; assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
