@@ -88,15 +88,10 @@ class BackgroundStats:
         return self.scatter / max(self.count - 1, 1)
 
     def merge(self, other: "BackgroundStats") -> "BackgroundStats":
-        if other.count == 0:
-            return self
-        if self.count == 0:
-            return other
-        count = self.count + other.count
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.count / count)
-        scatter = self.scatter + other.scatter + np.outer(delta, delta) * (self.count * other.count / count)
-        return BackgroundStats(count, mean, scatter)
+        if other.count == 0 or self.count == 0:
+            return self if other.count == 0 else other
+        count, mean, delta, weight = _chan_update(self, other)
+        return BackgroundStats(count, mean, self.scatter + other.scatter + np.outer(delta, delta) * weight)
 
     def save(self, path: str | Path) -> None:
         """Save as ``.npz`` (no pickles): loads with :meth:`load`."""
@@ -143,20 +138,25 @@ class BandSummary:
         return cls(n, mean, m2, pixels.min(axis=0).astype(np.float64), pixels.max(axis=0).astype(np.float64))
 
     def merge(self, other: "BandSummary") -> "BandSummary":
-        if other.count == 0:
-            return self
-        if self.count == 0:
-            return other
-        count = self.count + other.count
-        delta = other.mean - self.mean
-        return BandSummary(count, self.mean + delta * (other.count / count),
-                           self.m2 + other.m2 + delta * delta * (self.count * other.count / count),
+        if other.count == 0 or self.count == 0:
+            return self if other.count == 0 else other
+        count, mean, delta, weight = _chan_update(self, other)
+        return BandSummary(count, mean, self.m2 + other.m2 + delta * delta * weight,
                            np.minimum(self.minimum, other.minimum), np.maximum(self.maximum, other.maximum))
 
     @property
     def variance(self) -> np.ndarray:
         """Unbiased variance ``(k,)``."""
         return self.m2 / max(self.count - 1, 1)
+
+
+def _chan_update(a, b) -> tuple[int, np.ndarray, np.ndarray, float]:
+    """Chan et al.'s pairwise update of two non-empty parts with ``count`` and ``mean``:
+    merged count and mean, the difference of means and the weight ``n_a n_b / n`` of its
+    outer product in the merged sum of squared deviations."""
+    count = a.count + b.count
+    delta = b.mean - a.mean
+    return count, a.mean + delta * (b.count / count), delta, a.count * b.count / count
 
 
 def merge_all(parts) -> BackgroundStats:
