@@ -81,8 +81,9 @@ def train_runs(client, cube: xr.DataArray, config, repeats: int, scaling: ae.Ban
     """Train ``repeats`` models with seeds ``config.seed + i`` on one shared pixel sample
     (``pixels``, else drawn now: all valid pixels of a small scene, else ``max_train_pixels``
     drawn uniformly). Each run is a cluster task ``train-<kind>-<i>``, placed on a GPU worker
-    when the cluster has one (a single run goes to ``warm_worker``, from :func:`hsad_scale.cluster.warm_up_training`,
-    when it is still there). Returns (models, training sample, worker name per run)."""
+    when the cluster has one (a single run goes to ``warm_worker``, from
+    :func:`hsad_scale.cluster.warm_up_training`, when it is still there). Returns (models,
+    training sample, worker name per run)."""
     if pixels is None:
         pixels = sample_pixels(cube, config.max_train_pixels, seed=config.seed)
     if pixels.shape[0] < 2:

@@ -59,10 +59,11 @@ def tile_reduction_graph(cube: xr.DataArray, tile_fn: Callable, merge_fn: Callab
     """Delayed reduction over the cube's tiles: ``tile_fn(block, (row, col), extra)`` on each
     tile ``(bands, ny, nx)`` (read and reduced in one task; ``extra`` sent to each worker once),
     the parts merged pairwise in tile order by ``merge_fn(a, b)`` in a tree. One pass."""
-    token = tokenize(cube.data, tile_fn, merge_fn, extra)
+    data = cube.data if len(cube.data.chunks[0]) == 1 else cube.data.rechunk({0: -1})  # whole spectra per tile
+    token = tokenize(data, tile_fn, merge_fn, extra)
     extra_key = dask.delayed(extra, pure=True) if extra is not None else None
-    n_tiles = [len(c) for c in cube.data.chunks]
-    cells = da.map_blocks(_tile_cell, cube.data, tile_fn, extra_key, dtype=object, meta=np.empty((0, 0, 0), dtype=object),
+    n_tiles = [len(c) for c in data.chunks]
+    cells = da.map_blocks(_tile_cell, data, tile_fn, extra_key, dtype=object, meta=np.empty((0, 0, 0), dtype=object),
                           chunks=tuple((1,) * n for n in n_tiles), name=f"{name}-{token}")
     parts = list(cells.to_delayed().ravel())  # optimised: the read is fused into each tile's task
     level = 0
@@ -81,14 +82,10 @@ def _stats_tile(block: np.ndarray, tile, fn: PixelFn | None) -> BackgroundStats:
     return _tile_stats(block, fn)
 
 
-def _merge(a: BackgroundStats, b: BackgroundStats) -> BackgroundStats:
-    return a.merge(b)
-
-
 def background_stats_graph(cube: xr.DataArray, fn: PixelFn | None = None, name: str = "rx-stats"):
     """Delayed :class:`BackgroundStats` of the valid pixels (or of ``fn`` of them): per-tile
     statistics merged pairwise in a tree, one pass over the cube."""
-    return tile_reduction_graph(cube, _stats_tile, _merge, name, extra=fn)
+    return tile_reduction_graph(cube, _stats_tile, BackgroundStats.merge, name, extra=fn)
 
 
 def _summary_and_sample_tile(block: np.ndarray, tile, picks_by_tile: dict):

@@ -58,3 +58,18 @@ def test_invalid_pixels_score_nan_and_are_left_out_of_the_statistics(tmp_path, c
     pixels = cube.reshape(6, -1).T
     keep = np.isfinite(pixels.sum(axis=1))
     np.testing.assert_allclose(scores.ravel()[keep], rx_reference(pixels[keep]), rtol=1e-4)
+
+
+def test_statistics_of_a_cube_split_along_bands_are_those_of_whole_spectra(client):
+    import dask.array as da
+    import xarray as xr
+
+    from hsad_scale.stats import BackgroundStats
+    from hsad_scale.tiles import background_stats
+
+    values = np.random.default_rng(8).normal(size=(6, 20, 18)).astype(np.float32)
+    cube = xr.DataArray(da.from_array(values, chunks=(2, 7, 9)), dims=("band", "y", "x"))
+    got = background_stats(cube)
+    want = BackgroundStats.from_pixels(values.reshape(6, -1).T)
+    np.testing.assert_allclose(got.mean, want.mean, rtol=1e-10)
+    np.testing.assert_allclose(got.scatter, want.scatter, rtol=1e-9)
