@@ -78,6 +78,17 @@ def describe(client) -> dict:
     return {"scheduler": client.scheduler.address, "dashboard": dashboard_link(client), "workers": workers}
 
 
+def _import_torch() -> None:
+    import torch  # noqa: F401  (imported for its side effect)
+
+
+def warm_up_scoring(client) -> list:
+    """Make every worker import PyTorch (for scoring) as a low-priority task; returns the
+    futures, which the caller keeps until the tasks have run."""
+    return [client.submit(_import_torch, workers=[address], pure=False, priority=-10, key=f"import-torch-{address}")
+            for address in client.scheduler_info()["workers"]]
+
+
 def _import_training() -> None:
     """Import what a training run imports on first use: torch, and torch._dynamo (every
     torch.optim optimizer imports it when first built: 1.75 s on the benchmark VM)."""

@@ -20,7 +20,7 @@ import xarray as xr
 
 from hsad_scale.detectors import autoencoder as ae, ensemble as ensemble_ops
 from hsad_scale.detectors.ae_config import DEFAULT_PRESET, resolve_config  # noqa: F401  (re-exported)
-from hsad_scale.cluster import other_workers
+from hsad_scale.cluster import other_workers, warm_up_scoring
 from hsad_scale.errors import InputError
 from hsad_scale.stats import Whitener, whitener
 from hsad_scale.tiles import background_stats_graph, band_summary_and_sample_graph, sample_pixels, score_map
@@ -64,10 +64,6 @@ def _train(pixels: np.ndarray, config, scaling: ae.BandScaling, device: str):
     return model, worker
 
 
-def _import_torch() -> None:
-    import torch  # noqa: F401
-
-
 def gpu_resources(client) -> dict | None:
     """``{"GPU": 1}`` when some worker of the cluster declares a GPU resource, else None."""
     if client is None:
@@ -92,8 +88,7 @@ def train_runs(client, cube: xr.DataArray, config, repeats: int, scaling: ae.Ban
     if client is None:
         results = [_train(pixels, c, scaling, device) for c in configs]
     else:
-        warm = [client.submit(_import_torch, workers=[address], pure=False, priority=-10, key=f"import-torch-{address}")
-                for address in client.scheduler_info()["workers"]]  # idle workers import torch while one trains
+        warm = warm_up_scoring(client)  # idle workers import torch while one trains
         shared = client.scatter(pixels, broadcast=False)
         token = dask.base.tokenize(pixels, config, scaling, device)
         place = {"workers": [warm_worker], "allow_other_workers": True} if warm_worker and repeats == 1 else {}
