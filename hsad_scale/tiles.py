@@ -114,6 +114,9 @@ def background_stats(cube: xr.DataArray, fn: PixelFn | None = None, name: str = 
 
 def _tile_score(block: np.ndarray, fn: PixelFn, n_out: int) -> np.ndarray:
     pixels, valid = tile_pixels(block)
+    if valid.all():  # one transposing copy: row-major tiles wherever they go (the same layout, the same rounding)
+        scores = np.asarray(fn(pixels), dtype=np.float32).reshape(valid.size, n_out)
+        return np.ascontiguousarray(scores.T).reshape(n_out, *block.shape[1:])
     out = np.full((n_out, valid.size), np.nan, dtype=np.float32)
     if pixels.shape[0]:
         scores = np.asarray(fn(pixels), dtype=np.float32)
@@ -173,5 +176,5 @@ def sample_pixels_graph(cube: xr.DataArray, n_samples: int, seed: int = 0) -> li
     """The delayed per-tile parts of :func:`sample_pixels`."""
     blocks = cube.data.to_delayed()
     return [dask.delayed(_tile_sample, pure=True)(blocks[0, bi, bj], local,
-                                                  dask_key_name=f"train-sample-{tokenize(cube.data, local)}")
+                                                  dask_key_name=f"train-sample-{tokenize(cube.data, bi, bj, local)}")
             for (bi, bj), local in _sample_plan(cube, n_samples, seed)]

@@ -20,8 +20,10 @@ def small_cube(tmp_path_factory):
     return synth(tmp_path_factory.mktemp("cube") / "scene.zarr", SceneSpec(64, 48, 16, seed=2), chunk=(24))
 
 
-@pytest.mark.parametrize("method", ["ae", "vae"])
-def test_tile_wise_scores_equal_whole_array_scores(small_cube, client, method):
+@pytest.mark.parametrize("method,cache", [("ae", None), ("vae", None), ("ae", False)])
+def test_tile_wise_scores_equal_whole_array_scores(small_cube, client, method, cache):
+    """Features kept on the workers between the passes (``cache`` None: they fit) or computed
+    twice from the cube (False): the same scores as the whole array scored at once."""
     ds = cubes.open_cube(small_cube)
     cube = ds[cubes.CUBE].chunk({"y": 17, "x": 13})
     config = learned.resolve_config(method, overrides=["epochs=1", "max_steps=40", "members=2"])
@@ -29,7 +31,8 @@ def test_tile_wise_scores_equal_whole_array_scores(small_cube, client, method):
     models, sample, workers = learned.train_runs(client, cube, config, 2, scaling, "cpu")
     assert len(models) == 2 and len(workers) == 2
     metrics = ("resid-mahal", "mse", "sam") if method == "ae" else ("latent-mahal", "joint-mahal", "l1")
-    scores, details = learned.learned_scores(cube, models, metrics, sample)
+    scores, details = learned.learned_scores(cube, models, metrics, sample, cache=cache)
+    assert details["features_kept_in_memory"] is (cache is None)
     pixels = ds[cubes.CUBE].values.reshape(16, -1).T
     for k, metric in enumerate(metrics):
         name = "score_runs" if k == 0 else f"score_runs_{metric}"
@@ -127,3 +130,15 @@ def test_one_pass_scaling_and_sample_equal_numpy_and_the_sample_pass(small_cube,
     assert len(pixels) <= 500 and np.isfinite(pixels).all()
     alone = learned.fit_scaling(cube, config)
     np.testing.assert_array_equal(alone.scale, together.scale)
+
+
+def test_a_small_scene_is_sampled_whole_each_pixel_once(small_cube):
+    """Every valid pixel once when the scene is below the sample size, also where several
+    equal tiles pick the same local indices (their tasks once shared one key)."""
+    ds = cubes.open_cube(small_cube)
+    cube = ds[cubes.CUBE]
+    pixels = learned.sample_pixels(cube, 10**6)
+    everything = cube.values.reshape(cube.shape[0], -1).T
+    assert pixels.shape == everything.shape
+    assert len(np.unique(pixels, axis=0)) == len(np.unique(everything, axis=0))
+    np.testing.assert_array_equal(np.sort(pixels, axis=0), np.sort(everything, axis=0))

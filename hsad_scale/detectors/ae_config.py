@@ -355,7 +355,9 @@ class BandScaling:
                f"pixels have {pixels.shape[-1]} bands, the scaling has {self.bands}")
         offset = self.offset.astype(np.float32)
         inv = (1.0 / self.scale).astype(np.float32)
-        return (pixels.astype(np.float32, copy=False) - offset) * inv
+        out = np.subtract(pixels, offset, dtype=np.float32, order="C")  # row-major for the network, one copy
+        out *= inv
+        return out
 
     def invert(self, scaled: np.ndarray) -> np.ndarray:
         return scaled.astype(np.float32, copy=False) * self.scale.astype(np.float32) + self.offset.astype(np.float32)
