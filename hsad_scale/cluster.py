@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import os
-import threading
 
 from hsad_scale.errors import InputError
 
@@ -80,28 +78,15 @@ def describe(client) -> dict:
     return {"scheduler": client.scheduler.address, "dashboard": dashboard_link(client), "workers": workers}
 
 
-def _import_torch(*after) -> None:
+def _import_torch() -> None:
     import torch  # noqa: F401  (imported for its side effect)
 
 
-def import_in_background(module: str) -> threading.Thread:
-    """Import ``module`` in a daemon thread of this process (while it waits on the cluster);
-    a later import of it waits for this one to finish."""
-    thread = threading.Thread(target=importlib.import_module, args=(module,), daemon=True,
-                              name=f"import-{module}")
-    thread.start()
-    return thread
-
-
-def warm_up_scoring(client, after=None) -> None:
-    """Make every worker import PyTorch (for scoring) as a low-priority task, once ``after``
-    (a small Future, e.g. the end of a pass whose tasks should go first) is done; run even
-    though nobody waits for it."""
-    from distributed import fire_and_forget
-
-    fire_and_forget([client.submit(_import_torch, *([after] if after is not None else []), workers=[address],
-                                   pure=False, priority=-10, key=f"import-torch-{address}")
-                     for address in client.scheduler_info()["workers"]])
+def warm_up_scoring(client) -> list:
+    """Make every worker import PyTorch (for scoring) as a low-priority task; returns the
+    futures, which the caller keeps until the tasks have run."""
+    return [client.submit(_import_torch, workers=[address], pure=False, priority=-10, key=f"import-torch-{address}")
+            for address in client.scheduler_info()["workers"]]
 
 
 def _import_training() -> None:
@@ -123,17 +108,16 @@ def other_workers(address: str | None) -> list[str]:
     return [a for a in workers if a != address]
 
 
-def warm_up_training(client) -> str | None:
+def warm_up_training(client) -> tuple[str | None, object]:
     """Make one worker (a GPU worker where there is one) import PyTorch's training stack now,
-    while the others start on the scaling pass. Returns its address, for
-    :func:`hsad_scale.learned.train_runs` (None without a client)."""
+    while the others start on the scaling pass. Returns its address (for
+    :func:`hsad_scale.learned.train_runs`) and the task's future, which the caller keeps
+    until training starts ((None, None) without a client)."""
     if client is None:
-        return None
-    from distributed import fire_and_forget
-
+        return None, None
     workers = client.scheduler_info()["workers"]
     gpu = [a for a, w in workers.items() if w.get("resources", {}).get("GPU")]
     address = (gpu or sorted(workers))[0]
-    fire_and_forget(client.submit(_import_training, workers=[address], pure=False, priority=100,
-                                  key=f"import-torch-training-{address}"))
-    return address
+    future = client.submit(_import_training, workers=[address], pure=False, priority=100,
+                           key=f"import-torch-training-{address}")
+    return address, future

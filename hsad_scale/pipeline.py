@@ -21,7 +21,7 @@ ENSEMBLES = ("mean", "max")  # as hsad_scale.learned.ENSEMBLES (not imported her
 
 
 def _learned():
-    """hsad_scale.learned, imported on first use (it imports PyTorch only where it needs it)."""
+    """hsad_scale.learned, imported on first use so that RX runs never load PyTorch."""
     from hsad_scale import learned
 
     return learned
@@ -220,13 +220,13 @@ def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, cl
         sample = stage.run("sample", _learned().sample_pixels, cube, config.max_train_pixels, seed=config.seed)
     else:
         config = learned_config(options)
-        warm_worker = cluster.warm_up_training(client)
-        # the sample stays on the cluster for training; this process imports PyTorch meanwhile
+        warm_worker, warming = cluster.warm_up_training(client)  # before this process imports PyTorch
         scaling, pixels = stage.run("scaling-stats", _learned().scaling_and_sample, cube, config,
-                                    warm_worker=warm_worker, gather=client is None)
+                                    warm_worker=warm_worker)
         models, sample, workers = stage.run(f"train-{options.method}", _learned().train_runs, client, cube, config,
                                             options.repeats, scaling, options.device, pixels=pixels,
                                             warm_worker=warm_worker)
+        del warming
     for model in models:
         model.save(run_dir / "model" / f"run-{model.config.seed}")
     if options.method == "vae":
@@ -267,7 +267,6 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
             print(f"[hsad] Dask dashboard: {link}", file=sys.stderr)
         lazy_scores, details = fit_and_score(cube_ds, options, tmp, client, stage)
         scores = stage.run("score", write_score_store, tmp, cube_ds, lazy_scores, client)
-        del lazy_scores  # releases features kept on the workers
         scores["score"].load()  # read once for the GeoTIFF, the ROC and the plots
         stage.run("geotiff", write_geotiff, tmp, cube_ds, scores)
         result, curve = stage.run("evaluate", evaluate_with_roc, cube_ds, scores)
