@@ -63,7 +63,10 @@ def test_detect_ae_with_repeats_writes_runs_ensemble_and_models(small_cube, tmp_
     assert main(["detect", str(small_cube), "--model", str(out), "--metric", "resid-mahal,sam",
                  "--out", str(again), "--dask-address", client.scheduler.address]) == 0
     assert json.loads((again / "run.json").read_text())["method"] == "ae"
-    np.testing.assert_array_equal(xr.open_zarr(again / "scores.zarr")["score_runs"].values, scores["score_runs"].values)
+    rescored = xr.open_zarr(again / "scores.zarr")
+    np.testing.assert_array_equal(rescored["score_runs"].values, scores["score_runs"].values)
+    # and the same ensemble: the runs' normalisers come from the same sample of pixels
+    np.testing.assert_allclose(rescored["score"].values, scores["score"].values, rtol=1e-5, atol=1e-6)
 
 
 def test_max_ensemble_is_the_per_pixel_maximum_of_normalised_runs(small_cube, tmp_path, client):
