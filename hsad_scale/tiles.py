@@ -114,7 +114,7 @@ def background_stats(cube: xr.DataArray, fn: PixelFn | None = None, name: str = 
 
 def _tile_score(block: np.ndarray, fn: PixelFn, n_out: int) -> np.ndarray:
     pixels, valid = tile_pixels(block)
-    if valid.all():  # one transposing copy: row-major tiles wherever they go (the same layout, the same rounding)
+    if valid.all():  # no NaN-filled buffer and no masked assignment: one transposing copy
         scores = np.asarray(fn(pixels), dtype=np.float32).reshape(valid.size, n_out)
         return np.ascontiguousarray(scores.T).reshape(n_out, *block.shape[1:])
     out = np.full((n_out, valid.size), np.nan, dtype=np.float32)
