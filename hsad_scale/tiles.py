@@ -114,13 +114,12 @@ def background_stats(cube: xr.DataArray, fn: PixelFn | None = None, name: str = 
 
 def _tile_score(block: np.ndarray, fn: PixelFn, n_out: int) -> np.ndarray:
     pixels, valid = tile_pixels(block)
-    if valid.all():  # no NaN-filled buffer and no masked assignment: one transposing copy
-        scores = np.asarray(fn(pixels), dtype=np.float32).reshape(valid.size, n_out)
-        return np.ascontiguousarray(scores.T).reshape(n_out, *block.shape[1:])
+    scores = np.asarray(fn(pixels), dtype=np.float32).reshape(pixels.shape[0], n_out).T if pixels.shape[0] else None
+    if scores is not None and valid.all():  # no NaN-filled buffer and no masked assignment: one transposing copy
+        return np.ascontiguousarray(scores).reshape(n_out, *block.shape[1:])
     out = np.full((n_out, valid.size), np.nan, dtype=np.float32)
-    if pixels.shape[0]:
-        scores = np.asarray(fn(pixels), dtype=np.float32)
-        out[:, valid] = scores.reshape(pixels.shape[0], n_out).T
+    if scores is not None:
+        out[:, valid] = scores
     return out.reshape(n_out, *block.shape[1:])
 
 
