@@ -19,6 +19,12 @@ def _ingest(args) -> None:
 
 
 def _detect(args) -> None:
+    from hsad_scale import cluster
+
+    if cluster.local_cluster_wanted(args.dask_address) and not getattr(args, "flow", False):
+        # the workers' modules load in the background while this process imports its own
+        cluster.start_worker_server(cluster.LEARNED_WORKER_MODULES if args.method in ("ae", "vae")
+                                    else cluster.WORKER_MODULES)
     if args.method is None:  # the saved model's detector, else RX
         from hsad_scale.pipeline import saved_method
 
@@ -279,8 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run the command ``argv`` (default ``sys.argv[1:]``); return its exit status."""
+    return execute(build_parser().parse_args(argv))
+
+
+def execute(args: argparse.Namespace) -> int:
+    """Run parsed command line ``args``; return the exit status."""
     try:
         args.run(args)
     except InputError as exc:
@@ -297,5 +307,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+#: Commands whose process may end without the interpreter's teardown (no Prefect client,
+#: whose exit handlers send its last logs and events, and every output already renamed into
+#: place and closed): the teardown of a process that loaded PyTorch, xarray and Dask takes
+#: 1-1.5 s on 2 vCPUs, 10 % of an AE run on a 1024 x 1024 scene.
+FAST_EXIT_COMMANDS = (_ingest, _detect, _evaluate, _synth)
+
+
+def run() -> None:
+    """The ``hsad`` console script: :func:`main`, then exit."""
+    args = build_parser().parse_args()
+    status = execute(args)
+    if getattr(args, "run", None) in FAST_EXIT_COMMANDS and not getattr(args, "flow", False):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

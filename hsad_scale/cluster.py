@@ -32,12 +32,50 @@ LOCAL_CLUSTER_CONFIG = {
     "distributed.scheduler.worker-saturation": float("inf"),
 }
 
+#: What every worker of a LocalCluster starts with: the modules its tile tasks import.
+WORKER_MODULES = ("distributed", "hsad_scale.tiles", "hsad_scale.cube")
+#: ... and what AE/VAE runs add: PyTorch (hsad_scale.learned imports it).
+LEARNED_WORKER_MODULES = (*WORKER_MODULES, "hsad_scale.learned")
+
+
+def start_worker_server(modules: tuple[str, ...] = WORKER_MODULES) -> bool:
+    """Start the process that LocalCluster workers fork from (multiprocessing's forkserver),
+    with :data:`WORKER_ENV` set and ``modules`` imported once. A spawned worker imports them
+    itself (1-2.5 s each on 2 vCPUs, with PyTorch) and takes ~1 s to exit; a forked one starts
+    and exits in well under 0.1 s. The CLI calls this first thing, so that the modules load
+    while the command imports its own; :func:`dask_client` calls it too. Does nothing when the
+    server runs already (its modules stay those it was started with); returns False where
+    there is no forkserver (not POSIX)."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    before = {name: os.environ.get(name) for name in WORKER_ENV}
+    os.environ.update({name: str(value) for name, value in WORKER_ENV.items()})
+    try:
+        multiprocessing.get_context("forkserver").set_forkserver_preload(list(modules))
+        forkserver.ensure_running()
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return True
+
+
+def local_cluster_wanted(address: str | None) -> bool:
+    """Whether :func:`dask_client` will start a LocalCluster for ``address``."""
+    return not (address or os.environ.get(ADDRESS_ENV))
+
 
 @contextlib.contextmanager
 def dask_client(address: str | None = None, n_workers: int | None = None, threads_per_worker: int = 1,
                 dashboard_address: str = ":8787"):
     """Yield a ``distributed.Client``: to ``address`` (or ``$HSAD_DASK_ADDRESS``) when given,
-    else to a new LocalCluster with one single-threaded worker process per core."""
+    else to a new LocalCluster with one single-threaded worker process per core, forked from
+    :func:`start_worker_server`'s process where there is one."""
     from distributed import Client, LocalCluster
 
     address = address or os.environ.get(ADDRESS_ENV)
@@ -52,7 +90,10 @@ def dask_client(address: str | None = None, n_workers: int | None = None, thread
     import dask
 
     workers = n_workers or max(1, os.cpu_count() or 1)
-    with dask.config.set(LOCAL_CLUSTER_CONFIG):
+    config = dict(LOCAL_CLUSTER_CONFIG)
+    if start_worker_server():
+        config["distributed.worker.multiprocessing-method"] = "forkserver"
+    with dask.config.set(config):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                                dashboard_address=dashboard_address, silence_logs=logging.ERROR)
     with cluster, Client(cluster) as client:

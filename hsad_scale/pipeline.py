@@ -26,6 +26,18 @@ def _learned():
 
     return learned
 
+
+def _start_importing_learned(options: DetectOptions) -> None:
+    """Import hsad_scale.learned (PyTorch: ~1 s) in a background thread, for AE/VAE runs:
+    called while the LocalCluster starts, when this process only waits for its workers.
+    :func:`_learned` then finds it imported (or waits on Python's import lock)."""
+    if options.method in ("ae", "vae"):
+        import importlib
+        import threading
+
+        threading.Thread(target=importlib.import_module, args=("hsad_scale.learned",), daemon=True,
+                         name="import-hsad_scale.learned").start()
+
 METHODS = ("rx", "ae", "vae")
 
 
@@ -261,6 +273,7 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         if cubes.GROUND_TRUTH in cube_ds:  # one byte per pixel, used twice: read once, here, not on the cluster
             cube_ds[cubes.GROUND_TRUTH] = cube_ds[cubes.GROUND_TRUTH].load(scheduler="threads")
         if client is None:
+            _start_importing_learned(options)
             client = stack.enter_context(cluster.dask_client(dask_address))
         link = cluster.dashboard_link(client)
         if link and not quiet:
