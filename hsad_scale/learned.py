@@ -23,13 +23,19 @@ from hsad_scale.detectors.ae_config import DEFAULT_PRESET, resolve_config  # noq
 from hsad_scale.cluster import other_workers, warm_up_scoring
 from hsad_scale.errors import InputError
 from hsad_scale.stats import Whitener, whitener
-from hsad_scale.tiles import background_stats_graph, band_summary_and_sample_graph, sample_pixels, score_map
+from hsad_scale.tiles import (background_stats_graph, band_summary_and_sample_graph, feature_score_map,
+                              feature_stats_graph, feature_tiles, sample_pixels, score_map)
 
 ENSEMBLES = ("mean", "max")
 #: Pixels of the training sample (evenly strided: it is a random sample already) whose scores
 #: give each run's median and MAD for the ensemble: the standard error of a median from 50k
 #: pixels is a fraction of a percent of the spread, and scoring them takes 0.4 s, not 1.8 s.
 NORMALISER_PIXELS = 50_000
+#: Share of the cluster's worker memory that the features of the Mahalanobis metrics may take
+#: to be kept on the workers from their statistics pass to the scoring pass, which then
+#: whitens them instead of reading the cube and running the networks again (the default AE
+#: on a 1024 x 1024 x 200 cube: 0.9 GB). Larger scenes run both passes from the cube.
+FEATURE_CACHE_FRACTION = 0.25
 
 
 def fit_scaling(cube: xr.DataArray, config) -> ae.BandScaling:
@@ -127,6 +133,40 @@ class _Features:
         return self.model.score(pixels, self.metric)
 
 
+@dataclass
+class FeatureScorer:
+    """Picklable tile function of :func:`hsad_scale.tiles.feature_score_map`: features
+    ``((n, k_1), ...)`` of each (run, metric) -> their Mahalanobis scores ``(n, n_out)``."""
+
+    whiteners: list
+
+    def __call__(self, features: tuple) -> np.ndarray:
+        return np.stack([w.mahalanobis(f) for w, f in zip(self.whiteners, features)], axis=1).astype(np.float32)
+
+
+def _distributed_client():
+    """The distributed client that ``dask.compute`` uses here, or None (no client, or another
+    scheduler set, e.g. the synchronous one of a sweep trial running on a worker)."""
+    from distributed import Client
+
+    owner = getattr(dask.base.get_scheduler(), "__self__", None)
+    return owner if isinstance(owner, Client) else None
+
+
+def features_fit_in_memory(cube: xr.DataArray, models: list, pairs: list) -> bool:
+    """Whether the features of every (run, metric) in ``pairs`` (all Mahalanobis metrics)
+    take at most :data:`FEATURE_CACHE_FRACTION` of the worker memory of the distributed
+    client in use (False without one, or with a direct metric among ``pairs``)."""
+    if not pairs or any(ae.METRIC_KIND[m] != "mahalanobis" for _, m in pairs):
+        return False
+    client = _distributed_client()
+    if client is None:
+        return False
+    memory = sum(w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values())
+    nbytes = 4 * cube.shape[1] * cube.shape[2] * sum(models[r].feature_count(m) for r, m in pairs)
+    return nbytes <= FEATURE_CACHE_FRACTION * memory
+
+
 def feature_whiteners(cube: xr.DataArray, models: list, metrics: tuple) -> dict:
     """Whitening of each (run, Mahalanobis metric)'s features, from their background
     statistics over the whole cube: all of them in one pass."""
@@ -136,17 +176,33 @@ def feature_whiteners(cube: xr.DataArray, models: list, metrics: tuple) -> dict:
 
 
 def learned_scores(cube: xr.DataArray, models: list, metrics: tuple, sample: np.ndarray,
-                   ensemble: str = "mean") -> tuple[xr.Dataset, dict]:
+                   ensemble: str = "mean", keep_features: bool | None = None) -> tuple[xr.Dataset, dict]:
     """Lazy score maps: for the first metric ``score_runs`` ``(run, y, x)`` and the ensemble
     ``score`` ``(y, x)``; for each further metric ``score_runs_<metric>`` and ``score_<metric>``.
-    Returns the Dataset and the background/normalisation details for run.json."""
+    Returns the Dataset and the background/normalisation details for run.json.
+    ``keep_features`` (default: :func:`features_fit_in_memory`): the networks run over the
+    cube once, their features kept on the workers for the statistics and the scoring, instead
+    of once for each (the same scores)."""
     if ensemble not in ENSEMBLES:
         raise InputError(f"unknown ensemble {ensemble!r}; choose from {', '.join(ENSEMBLES)}")
-    scorer = RunScorer(models, tuple(metrics), feature_whiteners(cube, models, metrics))
+    metrics = tuple(metrics)
+    pairs = [(r, m) for r in range(len(models)) for m in metrics]  # the score columns, run-major
+    keep = features_fit_in_memory(cube, models, pairs) if keep_features is None else keep_features
+    if keep and any(ae.METRIC_KIND[m] != "mahalanobis" for m in metrics):
+        raise InputError("features can be kept only when every metric is a Mahalanobis one")
+    if keep:
+        tiles = feature_tiles(cube, tuple(_Features(models[r], m) for r, m in pairs)).persist()
+        whiteners = dict(zip(pairs, map(whitener, feature_stats_graph(tiles).compute())))
+    else:
+        whiteners = feature_whiteners(cube, models, metrics)
+    scorer = RunScorer(models, metrics, whiteners)
     on_sample = scorer(sample[:: max(1, len(sample) // NORMALISER_PIXELS)])
     centres, spreads = ensemble_ops.robust_location_scale(on_sample.T)  # per (run, metric) column
     normalisers = [(float(c), float(s)) for c, s in zip(centres, spreads)]
-    maps = score_map(cube, scorer, n_out=len(models) * len(metrics), name="score-tile")
+    if keep:
+        maps = feature_score_map(cube, tiles, FeatureScorer([whiteners[p] for p in pairs]), n_out=len(pairs))
+    else:
+        maps = score_map(cube, scorer, n_out=len(pairs), name="score-tile")
     if "output" not in maps.dims:  # one run, one metric: score_map drops the axis
         maps = maps.expand_dims(output=1)
     runs = [m.config.seed for m in models]
@@ -168,6 +224,7 @@ def learned_scores(cube: xr.DataArray, models: list, metrics: tuple, sample: np.
         "normalisers": {f"run{r}-{m}": normalisers[r * len(metrics) + k]
                         for r in range(len(models)) for k, m in enumerate(metrics)},
         "feature_background": {f"run{r}-{m}": w.describe() for (r, m), w in scorer.whiteners.items()},
+        "features_kept_in_memory": bool(keep),
     }
     return ds, details
 

@@ -8,6 +8,7 @@ dashboard's task stream (``rx-stats``, ``score-tile``...).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import dask
@@ -66,6 +67,11 @@ def tile_reduction_graph(cube: xr.DataArray, tile_fn: Callable, merge_fn: Callab
     cells = da.map_blocks(_tile_cell, data, tile_fn, extra_key, dtype=object, meta=np.empty((0, 0, 0), dtype=object),
                           chunks=tuple((1,) * n for n in n_tiles), name=f"{name}-{token}")
     parts = list(cells.to_delayed().ravel())  # optimised: the read is fused into each tile's task
+    return _tree_merge(parts, merge_fn, name, token)
+
+
+def _tree_merge(parts: list, merge_fn: Callable, name: str, token: str):
+    """Delayed merge of ``parts`` (delayed, in tile order) pairwise in a tree by ``merge_fn``."""
     level = 0
     while len(parts) > 1:
         pairs = [parts[i : i + 2] for i in range(0, len(parts), 2)]
@@ -114,13 +120,20 @@ def background_stats(cube: xr.DataArray, fn: PixelFn | None = None, name: str = 
 
 def _tile_score(block: np.ndarray, fn: PixelFn, n_out: int) -> np.ndarray:
     pixels, valid = tile_pixels(block)
-    scores = np.asarray(fn(pixels), dtype=np.float32).reshape(pixels.shape[0], n_out).T if pixels.shape[0] else None
-    if scores is not None and valid.all():  # no NaN-filled buffer and no masked assignment: one transposing copy
-        return np.ascontiguousarray(scores).reshape(n_out, *block.shape[1:])
+    return _place_scores(fn(pixels) if pixels.shape[0] else None, valid, block.shape[1:], n_out)
+
+
+def _place_scores(scores: np.ndarray | None, valid: np.ndarray, shape: tuple, n_out: int) -> np.ndarray:
+    """Scores ``(n_valid, n_out)`` of a tile's valid pixels as a ``(n_out, ny, nx)`` float32
+    tile, NaN at invalid pixels."""
+    if scores is not None:
+        scores = np.asarray(scores, dtype=np.float32).reshape(-1, n_out).T
+        if valid.all():  # no NaN-filled buffer and no masked assignment: one transposing copy
+            return np.ascontiguousarray(scores).reshape(n_out, *shape)
     out = np.full((n_out, valid.size), np.nan, dtype=np.float32)
     if scores is not None:
         out[:, valid] = scores
-    return out.reshape(n_out, *block.shape[1:])
+    return out.reshape(n_out, *shape)
 
 
 def score_map(cube: xr.DataArray, fn: PixelFn, n_out: int = 1, name: str = "score-tile") -> xr.DataArray:
@@ -132,6 +145,74 @@ def score_map(cube: xr.DataArray, fn: PixelFn, n_out: int = 1, name: str = "scor
         _tile_score, cube.data, fn_key, n_out, dtype=np.float32,
         chunks=((n_out,), *cube.data.chunks[1:]), name=f"{name}-{tokenize(cube.data, fn, n_out)}",
     )
+    coords = {k: v for k, v in cube.coords.items() if "band" not in v.dims}
+    scores = xr.DataArray(data, dims=("output", "y", "x"), coords=coords)
+    return scores.isel(output=0, drop=True) if n_out == 1 else scores
+
+
+@dataclass
+class FeatureTile:
+    """What :func:`feature_tiles` keeps of one tile: for each pixel function, its features
+    ``(n_valid, k)`` float32 of the tile's valid pixels and their :class:`BackgroundStats`;
+    ``valid`` ``(ny * nx,)`` and ``shape`` ``(ny, nx)`` place them back into the tile."""
+
+    valid: np.ndarray
+    shape: tuple
+    features: tuple
+    stats: tuple
+
+
+def _feature_tile(block: np.ndarray, tile, fns: tuple) -> FeatureTile:
+    pixels, valid = tile_pixels(block)
+    features = tuple(np.asarray(fn(pixels), dtype=np.float32).reshape(pixels.shape[0], -1) for fn in fns)
+    stats = tuple(BackgroundStats.from_pixels(f) if f.shape[0] else BackgroundStats.empty(f.shape[1])
+                  for f in features)
+    return FeatureTile(valid, block.shape[1:], features, stats)
+
+
+def feature_tiles(cube: xr.DataArray, fns: tuple, name: str = "features") -> da.Array:
+    """Lazy object array ``(1, n_tile_rows, n_tile_cols)`` of :class:`FeatureTile`: each
+    tile read once and every ``fns`` (pixels ``(n, B)`` -> features ``(n, k)``) applied to
+    its valid pixels, with their statistics computed in the same task. Persist it to keep the
+    features on the workers for :func:`feature_stats_graph` and :func:`feature_score_map`."""
+    data = cube.data if len(cube.data.chunks[0]) == 1 else cube.data.rechunk({0: -1})
+    fns_key = dask.delayed(tuple(fns), pure=True)
+    n_tiles = [len(c) for c in data.chunks]
+    return da.map_blocks(_tile_cell, data, _feature_tile, fns_key, dtype=object,
+                         meta=np.empty((0, 0, 0), dtype=object), chunks=tuple((1,) * n for n in n_tiles),
+                         name=f"{name}-{tokenize(data, fns)}")
+
+
+def _tile_feature_stats(cell) -> tuple:
+    return _unwrap(cell).stats
+
+
+def _merge_stats_tuples(a: tuple, b: tuple) -> tuple:
+    return tuple(x.merge(y) for x, y in zip(a, b))
+
+
+def feature_stats_graph(tiles: da.Array, name: str = "feature-stats"):
+    """Delayed tuple of :class:`BackgroundStats`, one per pixel function of
+    :func:`feature_tiles`, over all tiles (merged pairwise in a tree; no pass over the cube
+    when ``tiles`` is persisted)."""
+    token = tokenize(tiles)
+    parts = [dask.delayed(_tile_feature_stats, pure=True)(cell, dask_key_name=f"{name}-tile-{token}-{i}")
+             for i, cell in enumerate(tiles.to_delayed().ravel())]
+    return _tree_merge(parts, _merge_stats_tuples, name, token)
+
+
+def _score_feature_tile(cell, fn: Callable, n_out: int) -> np.ndarray:
+    tile: FeatureTile = _unwrap(cell)
+    scores = fn(tile.features) if tile.features[0].shape[0] else None
+    return _place_scores(scores, tile.valid, tile.shape, n_out)
+
+
+def feature_score_map(cube: xr.DataArray, tiles: da.Array, fn: Callable, n_out: int = 1,
+                      name: str = "score-tile") -> xr.DataArray:
+    """Lazy map like :func:`score_map`, from the features of :func:`feature_tiles` (``fn``:
+    their tuple ``((n, k_1), ...)`` -> scores ``(n, n_out)``) instead of the cube's pixels."""
+    data = da.map_blocks(_score_feature_tile, tiles, dask.delayed(fn, pure=True), n_out, dtype=np.float32,
+                         chunks=((n_out,), *cube.data.chunks[1:]), name=f"{name}-{tokenize(tiles, fn, n_out)}")
     coords = {k: v for k, v in cube.coords.items() if "band" not in v.dims}
     scores = xr.DataArray(data, dims=("output", "y", "x"), coords=coords)
     return scores.isel(output=0, drop=True) if n_out == 1 else scores

@@ -41,6 +41,41 @@ def test_tile_wise_scores_equal_whole_array_scores(small_cube, client, method):
                                                  if ae.METRIC_KIND[m] == "mahalanobis"}
 
 
+def test_kept_features_give_the_same_scores_without_reading_the_cube_again(small_cube, tmp_path, client):
+    import shutil
+
+    store = shutil.copytree(small_cube, tmp_path / "copy.zarr")
+    cube = cubes.open_cube(store)[cubes.CUBE].chunk({"y": 17, "x": 13})
+    invalid = np.zeros((64, 48), dtype=bool)
+    invalid[3::7, 1::5] = True
+    cube = cube.where(~xr.DataArray(invalid, dims=("y", "x")))  # some invalid (NaN) pixels
+    config = learned.resolve_config("ae", overrides=["epochs=1", "max_steps=40", "members=2"])
+    models, sample, _ = learned.train_runs(client, cube, config, 2, learned.fit_scaling(cube, config), "cpu")
+    metrics = ("resid-mahal", "joint-mahal")
+    assert learned.features_fit_in_memory(cube, models, [(r, m) for r in range(2) for m in metrics])
+    two_pass, details = learned.learned_scores(cube, models, metrics, sample, keep_features=False)
+    two_pass = two_pass.compute()
+    kept, kept_details = learned.learned_scores(cube, models, metrics, sample)
+    assert kept_details["features_kept_in_memory"] and not details["features_kept_in_memory"]
+    assert kept_details["feature_background"] == details["feature_background"]
+    n_invalid = int(np.isnan(cube.isel(band=0).values).sum())
+    shutil.rmtree(store)  # the scoring pass must not read the cube
+    kept = kept.compute()
+    for name in two_pass.data_vars:
+        np.testing.assert_array_equal(kept[name].values, two_pass[name].values, err_msg=name)
+    assert np.isnan(kept["score"].values).sum() == n_invalid > 0
+
+
+def test_features_are_not_kept_for_direct_metrics_or_without_a_cluster(small_cube):
+    cube = cubes.open_cube(small_cube)[cubes.CUBE]
+    model = ae.fit(cube.values.reshape(16, -1).T[::4], learned.resolve_config("ae", overrides=["max_steps=5"]))
+    import dask
+
+    with dask.config.set(scheduler="synchronous"):  # as in a sweep trial on a worker
+        assert not learned.features_fit_in_memory(cube, [model], [(0, "resid-mahal")])
+    assert not learned.features_fit_in_memory(cube, [model], [(0, "resid-mahal"), (0, "mse")])
+
+
 def test_detect_ae_with_repeats_writes_runs_ensemble_and_models(small_cube, tmp_path, client):
     out = tmp_path / "run"
     args = ["detect", str(small_cube), "--method", "ae", "--repeats", "2", "--metric", "resid-mahal,sam",
