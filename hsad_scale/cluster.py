@@ -130,28 +130,10 @@ def warm_up_scoring(client) -> list:
             for address in client.scheduler_info()["workers"]]
 
 
-def _import_training() -> None:
-    """Import what a training run imports on first use: torch, and torch._dynamo (every
-    torch.optim optimizer imports it when first built: 1.75 s on the benchmark VM)."""
-    import torch._dynamo  # noqa: F401  (imported for its side effect)
-
-
-def other_workers(address: str | None) -> list[str]:
-    """Workers of the current client other than ``address`` (empty without a client or address)."""
-    if address is None:
-        return []
-    from distributed import get_client
-
-    try:
-        workers = get_client().scheduler_info()["workers"]
-    except ValueError:
-        return []
-    return [a for a in workers if a != address]
-
-
 def warm_up_training(client) -> tuple[str | None, object]:
-    """Make one worker (a GPU worker where there is one) import PyTorch's training stack now,
-    while the others start on the scaling pass. Returns its address (for
+    """Pick the worker that trains (a GPU worker where there is one) and make it import
+    PyTorch first thing (at once on LocalCluster workers, which start with it; on other
+    clusters it would otherwise hold up training). Returns its address (for
     :func:`hsad_scale.learned.train_runs`) and the task's future, which the caller keeps
     until training starts ((None, None) without a client)."""
     if client is None:
@@ -159,6 +141,6 @@ def warm_up_training(client) -> tuple[str | None, object]:
     workers = client.scheduler_info()["workers"]
     gpu = [a for a, w in workers.items() if w.get("resources", {}).get("GPU")]
     address = (gpu or sorted(workers))[0]
-    future = client.submit(_import_training, workers=[address], pure=False, priority=100,
+    future = client.submit(_import_torch, workers=[address], pure=False, priority=100,
                            key=f"import-torch-training-{address}")
     return address, future

@@ -20,7 +20,7 @@ import xarray as xr
 
 from hsad_scale.detectors import autoencoder as ae, ensemble as ensemble_ops
 from hsad_scale.detectors.ae_config import DEFAULT_PRESET, resolve_config  # noqa: F401  (re-exported)
-from hsad_scale.cluster import other_workers, warm_up_scoring
+from hsad_scale.cluster import warm_up_scoring
 from hsad_scale.errors import InputError
 from hsad_scale.stats import Whitener, whitener
 from hsad_scale.tiles import (background_stats_graph, band_summary_and_sample_graph, feature_score_map,
@@ -44,15 +44,13 @@ def fit_scaling(cube: xr.DataArray, config) -> ae.BandScaling:
     return scaling_and_sample(cube, config, n_samples=0)[0]
 
 
-def scaling_and_sample(cube: xr.DataArray, config, n_samples: int | None = None,
-                       warm_worker: str | None = None) -> tuple[ae.BandScaling, np.ndarray]:
+def scaling_and_sample(cube: xr.DataArray, config, n_samples: int | None = None) -> tuple[ae.BandScaling, np.ndarray]:
     """:func:`fit_scaling` and the training sample (:func:`sample_pixels`, ``n_samples``
     pixels, default ``config.max_train_pixels``) from one pass over the cube, each tile read
-    and summarised in one task (on the other workers than ``warm_worker`` while it warms up)."""
+    and summarised in one task."""
     n_samples = config.max_train_pixels if n_samples is None else n_samples
     graph = band_summary_and_sample_graph(cube, n_samples, seed=config.seed)
-    others = other_workers(warm_worker)
-    summary, parts = (dask.compute(graph, workers=others) if others else dask.compute(graph))[0]
+    summary, parts = dask.compute(graph)[0]
     pixels = np.concatenate(parts, axis=0) if parts else np.empty((0, cube.shape[0]), dtype=np.float32)
     return ae.BandScaling.from_summary(summary, config.scaling), pixels
 

@@ -232,9 +232,8 @@ def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, cl
         sample = stage.run("sample", _learned().sample_pixels, cube, config.max_train_pixels, seed=config.seed)
     else:
         config = learned_config(options)
-        warm_worker, warming = cluster.warm_up_training(client)  # before this process imports PyTorch
-        scaling, pixels = stage.run("scaling-stats", _learned().scaling_and_sample, cube, config,
-                                    warm_worker=warm_worker)
+        warm_worker, warming = cluster.warm_up_training(client)
+        scaling, pixels = stage.run("scaling-stats", _learned().scaling_and_sample, cube, config)
         models, sample, workers = stage.run(f"train-{options.method}", _learned().train_runs, client, cube, config,
                                             options.repeats, scaling, options.device, pixels=pixels,
                                             warm_worker=warm_worker)

@@ -452,3 +452,32 @@ def test_default_ae_on_a_real_scene(had_dir):
     labels = mat["map"].reshape(-1) > 0
     model = fit(px, PRESETS["default-ae"].replace(seed=0), device="cpu")
     assert roc_auc_score(labels, score_in_memory(model, px)) > 0.98
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_adam_steps_are_torch_optim_adam_bit_for_bit(fused):
+    """Training's Adam (no torch.optim.Optimizer wrapper, which imports torch._dynamo) gives
+    the very parameters of torch.optim.Adam, fused and not."""
+    from hsad_scale.detectors import autoencoder as ae
+
+    config = AEConfig(members=2, latent=3)
+    nets = [AENet(config, 12) for _ in range(2)]
+    for net in nets:
+        net.reset(torch.Generator().manual_seed(5))
+    ours = ae._Adam(nets[0].parameters(), lr=1e-2)
+    if not fused:
+        ours.fused = None
+    reference = torch.optim.Adam(nets[1].parameters(), lr=1e-2, fused=fused or None)
+    data = torch.rand((2, 64, 12), generator=torch.Generator().manual_seed(6))
+    initial = [p.detach().clone() for p in nets[0].parameters()]
+    for step in range(25):
+        for net, opt in zip(nets, (ours, reference)):
+            batch = data[:, (step * 8) % 64:(step * 8) % 64 + 8]
+            x_hat, mu, logvar = net(batch)
+            loss = training_loss(config, batch, x_hat, mu, logvar)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(a, b)
+    assert all(not torch.equal(a, b) for a, b in zip(nets[0].parameters(), initial))  # it did train
