@@ -44,15 +44,40 @@ def fit_scaling(cube: xr.DataArray, config) -> ae.BandScaling:
     return scaling_and_sample(cube, config, n_samples=0)[0]
 
 
-def scaling_and_sample(cube: xr.DataArray, config, n_samples: int | None = None) -> tuple[ae.BandScaling, np.ndarray]:
+def scaling_and_sample(cube: xr.DataArray, config, n_samples: int | None = None,
+                       keep_on_cluster: bool = False) -> tuple[ae.BandScaling, np.ndarray]:
     """:func:`fit_scaling` and the training sample (:func:`sample_pixels`, ``n_samples``
     pixels, default ``config.max_train_pixels``) from one pass over the cube, each tile read
-    and summarised in one task."""
+    and summarised in one task. ``keep_on_cluster`` (with a distributed client in use): the
+    sample stays on the worker that joins it, returned as a Future of the ``(n, B)`` array for
+    :func:`train_runs` (no round trip of 160 MB through this process)."""
     n_samples = config.max_train_pixels if n_samples is None else n_samples
-    graph = band_summary_and_sample_graph(cube, n_samples, seed=config.seed)
-    summary, parts = dask.compute(graph)[0]
-    pixels = np.concatenate(parts, axis=0) if parts else np.empty((0, cube.shape[0]), dtype=np.float32)
-    return ae.BandScaling.from_summary(summary, config.scaling), pixels
+    summary, sample = band_summary_and_sample_graph(cube, n_samples, seed=config.seed)
+    client = _distributed_client() if keep_on_cluster else None
+    if client is None:
+        summary, sample = dask.compute(summary, sample)
+    else:
+        summary, future = client.compute([summary, sample])
+        sample = ClusterSample(future, client.submit(len, future).result())
+        summary = summary.result()
+    return ae.BandScaling.from_summary(summary, config.scaling), sample
+
+
+@dataclass
+class ClusterSample:
+    """A training sample left on the cluster: ``future`` of the ``(n, B)`` array, ``len`` n."""
+
+    future: object
+    n_pixels: int
+
+    def __len__(self) -> int:
+        return self.n_pixels
+
+
+def normaliser_rows(sample: np.ndarray) -> np.ndarray:
+    """The rows of the training sample whose scores set the ensemble normalisers: every
+    ``len // NORMALISER_PIXELS``-th (all of a small sample)."""
+    return sample[:: max(1, len(sample) // NORMALISER_PIXELS)]
 
 
 def _train(pixels: np.ndarray, config, scaling: ae.BandScaling, device: str):
@@ -77,30 +102,35 @@ def gpu_resources(client) -> dict | None:
 
 
 def train_runs(client, cube: xr.DataArray, config, repeats: int, scaling: ae.BandScaling, device: str = "auto",
-               pixels: np.ndarray | None = None, warm_worker: str | None = None):
+               pixels: np.ndarray | ClusterSample | None = None, warm_worker: str | None = None):
     """Train ``repeats`` models with seeds ``config.seed + i`` on one shared pixel sample
     (``pixels``, else drawn now: all valid pixels of a small scene, else ``max_train_pixels``
     drawn uniformly). Each run is a cluster task ``train-<kind>-<i>``, placed on a GPU worker
     when the cluster has one (a single run goes to ``warm_worker``, from
-    :func:`hsad_scale.cluster.warm_up_training`, when it is still there). Returns (models,
-    training sample, worker name per run)."""
+    :func:`hsad_scale.cluster.warm_up_training`, when it is still there; a sample left on the
+    cluster draws it to where it is). Returns (models, training sample, worker name per run);
+    of a :class:`ClusterSample` only its :func:`normaliser_rows` are fetched and returned."""
     if pixels is None:
         pixels = sample_pixels(cube, config.max_train_pixels, seed=config.seed)
-    if pixels.shape[0] < 2:
+    if len(pixels) < 2:
         raise InputError("the cube has fewer than two valid pixels to train on")
     configs = [config.replace(seed=config.seed + i) for i in range(repeats)]
     if client is None:
+        pixels = pixels.future.result() if isinstance(pixels, ClusterSample) else pixels
         results = [_train(pixels, c, scaling, device) for c in configs]
-    else:
-        warm = warm_up_scoring(client)  # idle workers import torch while one trains
-        shared = client.scatter(pixels, broadcast=False)
-        token = dask.base.tokenize(pixels, config, scaling, device)
-        place = {"workers": [warm_worker], "allow_other_workers": True} if warm_worker and repeats == 1 else {}
-        futures = [client.submit(_train, shared, c, scaling, device, key=f"train-{config.kind}-{i}-{token}",
-                                 resources=gpu_resources(client), pure=False, **place) for i, c in enumerate(configs)]
-        results = client.gather(futures)
-        del warm
-    return [m for m, _ in results], pixels, [w for _, w in results]
+        return [m for m, _ in results], pixels, [w for _, w in results]
+    warm = warm_up_scoring(client)  # idle workers import torch while one trains
+    on_cluster = isinstance(pixels, ClusterSample)
+    shared = pixels.future if on_cluster else client.scatter(pixels, broadcast=False)
+    token = dask.base.tokenize(shared.key if on_cluster else pixels, config, scaling, device)
+    pin = warm_worker and repeats == 1 and not on_cluster
+    place = {"workers": [warm_worker], "allow_other_workers": True} if pin else {}
+    futures = [client.submit(_train, shared, c, scaling, device, key=f"train-{config.kind}-{i}-{token}",
+                             resources=gpu_resources(client), pure=False, **place) for i, c in enumerate(configs)]
+    sample = client.submit(normaliser_rows, shared).result() if on_cluster else pixels
+    results = client.gather(futures)
+    del warm
+    return [m for m, _ in results], sample, [w for _, w in results]
 
 
 @dataclass
@@ -194,7 +224,7 @@ def learned_scores(cube: xr.DataArray, models: list, metrics: tuple, sample: np.
     else:
         whiteners = feature_whiteners(cube, models, metrics)
     scorer = RunScorer(models, metrics, whiteners)
-    on_sample = scorer(sample[:: max(1, len(sample) // NORMALISER_PIXELS)])
+    on_sample = scorer(normaliser_rows(sample))
     centres, spreads = ensemble_ops.robust_location_scale(on_sample.T)  # per (run, metric) column
     normalisers = [(float(c), float(s)) for c, s in zip(centres, spreads)]
     if keep:

@@ -229,11 +229,13 @@ def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, cl
     if options.model:
         models = _learned().load_models(options.model)
         config, workers = models[0].config, []
-        sample = stage.run("sample", _learned().sample_pixels, cube, config.max_train_pixels, seed=config.seed)
+        sample = pixels = stage.run("sample", _learned().sample_pixels, cube, config.max_train_pixels,
+                                    seed=config.seed)
     else:
         config = learned_config(options)
         warm_worker, warming = cluster.warm_up_training(client)
-        scaling, pixels = stage.run("scaling-stats", _learned().scaling_and_sample, cube, config)
+        scaling, pixels = stage.run("scaling-stats", _learned().scaling_and_sample, cube, config,
+                                    keep_on_cluster=True)
         models, sample, workers = stage.run(f"train-{options.method}", _learned().train_runs, client, cube, config,
                                             options.repeats, scaling, options.device, pixels=pixels,
                                             warm_worker=warm_worker)
@@ -245,7 +247,7 @@ def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, cl
     metrics = options.metrics or (config.metric,)
     scores, details = stage.run(f"{options.method}-feature-stats", _learned().learned_scores, cube, models, metrics,
                                 sample, options.ensemble)
-    details.update(config=config.to_dict(), training_pixels=int(sample.shape[0]), train_workers=workers,
+    details.update(config=config.to_dict(), training_pixels=int(len(pixels)), train_workers=workers,
                    training=[m.history for m in models])
     return scores, details
 

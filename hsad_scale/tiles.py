@@ -96,21 +96,37 @@ def background_stats_graph(cube: xr.DataArray, fn: PixelFn | None = None, name: 
 
 def _summary_and_sample_tile(block: np.ndarray, tile, picks_by_tile: dict):
     picks = picks_by_tile.get(tile)
-    sample = [_tile_sample(block, picks)] if picks is not None else []
+    sample = _tile_sample(block, picks) if picks is not None else None
     return BandSummary.from_pixels(block.reshape(block.shape[0], -1).T), sample
 
 
-def _merge_summary_and_sample(a, b):
-    return a[0].merge(b[0]), a[1] + b[1]
+def _cell_summary(cell) -> BandSummary:
+    return _unwrap(cell)[0]
+
+
+def _concat_cell_samples(cells: list, n_bands: int) -> np.ndarray:
+    parts = [part for part in (_unwrap(c)[1] for c in cells) if part is not None]
+    return np.concatenate(parts, axis=0) if parts else np.empty((0, n_bands), dtype=np.float32)
 
 
 def band_summary_and_sample_graph(cube: xr.DataArray, n_samples: int, seed: int = 0):
-    """Delayed ``(BandSummary, list of sample parts)``: per-band count, mean, variance, minimum
-    and maximum of the valid pixels and the training sample of :func:`sample_pixels` (the same
-    pixels, in the same order), from one pass in which each tile is read once."""
+    """Delayed ``BandSummary`` (per-band count, mean, variance, minimum and maximum of the
+    valid pixels) and delayed training sample ``(n, B)`` of :func:`sample_pixels` (the same
+    pixels, in the same order), from one pass in which each tile is read once. The summaries
+    merge in a tree; the sample parts go straight to the one task that joins them."""
+    data = cube.data if len(cube.data.chunks[0]) == 1 else cube.data.rechunk({0: -1})
     picks_by_tile = {tile: local for tile, local in _sample_plan(cube, n_samples, seed)}
-    return tile_reduction_graph(cube, _summary_and_sample_tile, _merge_summary_and_sample, "scaling-sample",
-                                extra=picks_by_tile)
+    token = tokenize(data, n_samples, seed)
+    picks_key = dask.delayed(picks_by_tile, pure=True)
+    cells = da.map_blocks(_tile_cell, data, _summary_and_sample_tile, picks_key, dtype=object,
+                          meta=np.empty((0, 0, 0), dtype=object),
+                          chunks=tuple((1,) * len(c) for c in data.chunks), name=f"scaling-sample-{token}")
+    cells = list(cells.to_delayed().ravel())
+    summaries = [dask.delayed(_cell_summary, pure=True)(c, dask_key_name=f"scaling-summary-{token}-{i}")
+                 for i, c in enumerate(cells)]
+    summary = _tree_merge(summaries, BandSummary.merge, "scaling-summary", token)
+    sample = dask.delayed(_concat_cell_samples, pure=True)(cells, cube.shape[0], dask_key_name=f"train-sample-{token}")
+    return summary, sample
 
 
 def background_stats(cube: xr.DataArray, fn: PixelFn | None = None, name: str = "rx-stats") -> BackgroundStats:

@@ -165,6 +165,12 @@ def test_one_pass_scaling_and_sample_equal_numpy_and_the_sample_pass(small_cube,
     assert len(pixels) <= 500 and np.isfinite(pixels).all()
     alone = learned.fit_scaling(cube, config)
     np.testing.assert_array_equal(alone.scale, together.scale)
+    kept_scaling, kept = learned.scaling_and_sample(cube, config, keep_on_cluster=True)  # left on a worker
+    assert isinstance(kept, learned.ClusterSample) and len(kept) == len(pixels)
+    np.testing.assert_array_equal(kept.future.result(), pixels)
+    np.testing.assert_array_equal(kept_scaling.scale, together.scale)
+    models, rows, _ = learned.train_runs(client, cube, config.replace(max_steps=3), 1, kept_scaling, "cpu", kept)
+    np.testing.assert_array_equal(rows, learned.normaliser_rows(pixels))
 
 
 def test_a_small_scene_is_sampled_whole_each_pixel_once(small_cube):
