@@ -128,19 +128,3 @@ def warm_up_scoring(client) -> list:
     futures, which the caller keeps until the tasks have run."""
     return [client.submit(_import_torch, workers=[address], pure=False, priority=-10, key=f"import-torch-{address}")
             for address in client.scheduler_info()["workers"]]
-
-
-def warm_up_training(client) -> tuple[str | None, object]:
-    """Pick the worker that trains (a GPU worker where there is one) and make it import
-    PyTorch first thing (at once on LocalCluster workers, which start with it; on other
-    clusters it would otherwise hold up training). Returns its address (for
-    :func:`hsad_scale.learned.train_runs`) and the task's future, which the caller keeps
-    until training starts ((None, None) without a client)."""
-    if client is None:
-        return None, None
-    workers = client.scheduler_info()["workers"]
-    gpu = [a for a, w in workers.items() if w.get("resources", {}).get("GPU")]
-    address = (gpu or sorted(workers))[0]
-    future = client.submit(_import_torch, workers=[address], pure=False, priority=100,
-                           key=f"import-torch-training-{address}")
-    return address, future

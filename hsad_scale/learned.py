@@ -45,7 +45,7 @@ def fit_scaling(cube: xr.DataArray, config) -> ae.BandScaling:
 
 
 def scaling_and_sample(cube: xr.DataArray, config, n_samples: int | None = None,
-                       keep_on_cluster: bool = False) -> tuple[ae.BandScaling, np.ndarray]:
+                       keep_on_cluster: bool = False) -> tuple[ae.BandScaling, np.ndarray | ClusterSample]:
     """:func:`fit_scaling` and the training sample (:func:`sample_pixels`, ``n_samples``
     pixels, default ``config.max_train_pixels``) from one pass over the cube, each tile read
     and summarised in one task. ``keep_on_cluster`` (with a distributed client in use): the
@@ -102,14 +102,13 @@ def gpu_resources(client) -> dict | None:
 
 
 def train_runs(client, cube: xr.DataArray, config, repeats: int, scaling: ae.BandScaling, device: str = "auto",
-               pixels: np.ndarray | ClusterSample | None = None, warm_worker: str | None = None):
+               pixels: np.ndarray | ClusterSample | None = None):
     """Train ``repeats`` models with seeds ``config.seed + i`` on one shared pixel sample
     (``pixels``, else drawn now: all valid pixels of a small scene, else ``max_train_pixels``
     drawn uniformly). Each run is a cluster task ``train-<kind>-<i>``, placed on a GPU worker
-    when the cluster has one (a single run goes to ``warm_worker``, from
-    :func:`hsad_scale.cluster.warm_up_training`, when it is still there; a sample left on the
-    cluster draws it to where it is). Returns (models, training sample, worker name per run);
-    of a :class:`ClusterSample` only its :func:`normaliser_rows` are fetched and returned."""
+    when the cluster has one (else where the sample is). Returns (models, training sample,
+    worker name per run); of a :class:`ClusterSample` only its :func:`normaliser_rows` are
+    fetched and returned."""
     if pixels is None:
         pixels = sample_pixels(cube, config.max_train_pixels, seed=config.seed)
     if len(pixels) < 2:
@@ -123,10 +122,8 @@ def train_runs(client, cube: xr.DataArray, config, repeats: int, scaling: ae.Ban
     on_cluster = isinstance(pixels, ClusterSample)
     shared = pixels.future if on_cluster else client.scatter(pixels, broadcast=False)
     token = dask.base.tokenize(shared.key if on_cluster else pixels, config, scaling, device)
-    pin = warm_worker and repeats == 1 and not on_cluster
-    place = {"workers": [warm_worker], "allow_other_workers": True} if pin else {}
     futures = [client.submit(_train, shared, c, scaling, device, key=f"train-{config.kind}-{i}-{token}",
-                             resources=gpu_resources(client), pure=False, **place) for i, c in enumerate(configs)]
+                             resources=gpu_resources(client), pure=False) for i, c in enumerate(configs)]
     sample = client.submit(normaliser_rows, shared).result() if on_cluster else pixels
     results = client.gather(futures)
     del warm

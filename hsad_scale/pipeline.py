@@ -233,13 +233,10 @@ def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, cl
                                     seed=config.seed)
     else:
         config = learned_config(options)
-        warm_worker, warming = cluster.warm_up_training(client)
         scaling, pixels = stage.run("scaling-stats", _learned().scaling_and_sample, cube, config,
                                     keep_on_cluster=True)
         models, sample, workers = stage.run(f"train-{options.method}", _learned().train_runs, client, cube, config,
-                                            options.repeats, scaling, options.device, pixels=pixels,
-                                            warm_worker=warm_worker)
-        del warming
+                                            options.repeats, scaling, options.device, pixels=pixels)
     for model in models:
         model.save(run_dir / "model" / f"run-{model.config.seed}")
     if options.method == "vae":
