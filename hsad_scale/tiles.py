@@ -56,18 +56,23 @@ def _merge_parts(merge_fn: Callable, a, b):
     return merge_fn(_unwrap(a), _unwrap(b))
 
 
-def tile_reduction_graph(cube: xr.DataArray, tile_fn: Callable, merge_fn: Callable, name: str, extra=None):
-    """Delayed reduction over the cube's tiles: ``tile_fn(block, (row, col), extra)`` on each
-    tile ``(bands, ny, nx)`` (read and reduced in one task; ``extra`` sent to each worker once),
-    the parts merged pairwise in tile order by ``merge_fn(a, b)`` in a tree. One pass."""
+def tile_cells(cube: xr.DataArray, tile_fn: Callable, name: str, extra=None) -> da.Array:
+    """Lazy object array ``(1, n_tile_rows, n_tile_cols)`` of ``tile_fn(block, (row, col),
+    extra)`` on each tile ``(bands, ny, nx)``, read and processed in one task (``extra`` sent
+    to each worker once)."""
     data = cube.data if len(cube.data.chunks[0]) == 1 else cube.data.rechunk({0: -1})  # whole spectra per tile
-    token = tokenize(data, tile_fn, merge_fn, extra)
     extra_key = dask.delayed(extra, pure=True) if extra is not None else None
-    n_tiles = [len(c) for c in data.chunks]
-    cells = da.map_blocks(_tile_cell, data, tile_fn, extra_key, dtype=object, meta=np.empty((0, 0, 0), dtype=object),
-                          chunks=tuple((1,) * n for n in n_tiles), name=f"{name}-{token}")
+    return da.map_blocks(_tile_cell, data, tile_fn, extra_key, dtype=object, meta=np.empty((0, 0, 0), dtype=object),
+                         chunks=tuple((1,) * len(c) for c in data.chunks),
+                         name=f"{name}-{tokenize(data, tile_fn, extra)}")
+
+
+def tile_reduction_graph(cube: xr.DataArray, tile_fn: Callable, merge_fn: Callable, name: str, extra=None):
+    """Delayed reduction over the cube's tiles (:func:`tile_cells`), the parts merged pairwise
+    in tile order by ``merge_fn(a, b)`` in a tree. One pass."""
+    cells = tile_cells(cube, tile_fn, name, extra)
     parts = list(cells.to_delayed().ravel())  # optimised: the read is fused into each tile's task
-    return _tree_merge(parts, merge_fn, name, token)
+    return _tree_merge(parts, merge_fn, name, tokenize(cells.name, merge_fn))
 
 
 def _tree_merge(parts: list, merge_fn: Callable, name: str, token: str):
@@ -114,13 +119,9 @@ def band_summary_and_sample_graph(cube: xr.DataArray, n_samples: int, seed: int 
     valid pixels) and delayed training sample ``(n, B)`` of :func:`sample_pixels` (the same
     pixels, in the same order), from one pass in which each tile is read once. The summaries
     merge in a tree; the sample parts go straight to the one task that joins them."""
-    data = cube.data if len(cube.data.chunks[0]) == 1 else cube.data.rechunk({0: -1})
     picks_by_tile = {tile: local for tile, local in _sample_plan(cube, n_samples, seed)}
-    token = tokenize(data, n_samples, seed)
-    picks_key = dask.delayed(picks_by_tile, pure=True)
-    cells = da.map_blocks(_tile_cell, data, _summary_and_sample_tile, picks_key, dtype=object,
-                          meta=np.empty((0, 0, 0), dtype=object),
-                          chunks=tuple((1,) * len(c) for c in data.chunks), name=f"scaling-sample-{token}")
+    cells = tile_cells(cube, _summary_and_sample_tile, "scaling-sample", extra=picks_by_tile)
+    token = tokenize(cells.name)
     cells = list(cells.to_delayed().ravel())
     summaries = [dask.delayed(_cell_summary, pure=True)(c, dask_key_name=f"scaling-summary-{token}-{i}")
                  for i, c in enumerate(cells)]
@@ -161,6 +162,11 @@ def score_map(cube: xr.DataArray, fn: PixelFn, n_out: int = 1, name: str = "scor
         _tile_score, cube.data, fn_key, n_out, dtype=np.float32,
         chunks=((n_out,), *cube.data.chunks[1:]), name=f"{name}-{tokenize(cube.data, fn, n_out)}",
     )
+    return _as_map(cube, data, n_out)
+
+
+def _as_map(cube: xr.DataArray, data: da.Array, n_out: int) -> xr.DataArray:
+    """``data`` ``(n_out, y, x)`` with the cube's spatial coords (and CRS); ``(y, x)`` when ``n_out == 1``."""
     coords = {k: v for k, v in cube.coords.items() if "band" not in v.dims}
     scores = xr.DataArray(data, dims=("output", "y", "x"), coords=coords)
     return scores.isel(output=0, drop=True) if n_out == 1 else scores
@@ -191,12 +197,7 @@ def feature_tiles(cube: xr.DataArray, fns: tuple, name: str = "features") -> da.
     tile read once and every ``fns`` (pixels ``(n, B)`` -> features ``(n, k)``) applied to
     its valid pixels, with their statistics computed in the same task. Persist it to keep the
     features on the workers for :func:`feature_stats_graph` and :func:`feature_score_map`."""
-    data = cube.data if len(cube.data.chunks[0]) == 1 else cube.data.rechunk({0: -1})
-    fns_key = dask.delayed(tuple(fns), pure=True)
-    n_tiles = [len(c) for c in data.chunks]
-    return da.map_blocks(_tile_cell, data, _feature_tile, fns_key, dtype=object,
-                         meta=np.empty((0, 0, 0), dtype=object), chunks=tuple((1,) * n for n in n_tiles),
-                         name=f"{name}-{tokenize(data, fns)}")
+    return tile_cells(cube, _feature_tile, name, extra=tuple(fns))
 
 
 def _tile_feature_stats(cell) -> tuple:
@@ -229,9 +230,7 @@ def feature_score_map(cube: xr.DataArray, tiles: da.Array, fn: Callable, n_out: 
     their tuple ``((n, k_1), ...)`` -> scores ``(n, n_out)``) instead of the cube's pixels."""
     data = da.map_blocks(_score_feature_tile, tiles, dask.delayed(fn, pure=True), n_out, dtype=np.float32,
                          chunks=((n_out,), *cube.data.chunks[1:]), name=f"{name}-{tokenize(tiles, fn, n_out)}")
-    coords = {k: v for k, v in cube.coords.items() if "band" not in v.dims}
-    scores = xr.DataArray(data, dims=("output", "y", "x"), coords=coords)
-    return scores.isel(output=0, drop=True) if n_out == 1 else scores
+    return _as_map(cube, data, n_out)
 
 
 def _tile_sample(block: np.ndarray, picks: np.ndarray) -> np.ndarray:
