@@ -56,6 +56,8 @@ def start_worker_server(modules: tuple[str, ...] = WORKER_MODULES) -> bool:
     try:
         multiprocessing.get_context("forkserver").set_forkserver_preload(list(modules))
         forkserver.ensure_running()
+    except OSError:  # no socket for the server here (e.g. a read-only temporary folder): spawn workers
+        return False
     finally:
         for name, value in before.items():
             if value is None:

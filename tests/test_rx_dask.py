@@ -73,3 +73,19 @@ def test_statistics_of_a_cube_split_along_bands_are_those_of_whole_spectra(clien
     want = BackgroundStats.from_pixels(values.reshape(6, -1).T)
     np.testing.assert_allclose(got.mean, want.mean, rtol=1e-10)
     np.testing.assert_allclose(got.scatter, want.scatter, rtol=1e-9)
+
+
+def test_local_cluster_workers_fork_from_the_preloaded_server_with_the_worker_environment(client):
+    """The LocalCluster's workers are children of the forkserver (not spawned by this
+    process), start with hsad's tile modules imported, and have the worker environment."""
+    import os
+    import sys
+
+    from hsad_scale.cluster import WORKER_ENV
+
+    def probe():
+        return os.getppid(), "hsad_scale.tiles" in sys.modules, {k: os.environ.get(k) for k in WORKER_ENV}
+
+    for parent, preloaded, env in client.run(probe).values():
+        assert parent != os.getpid() and preloaded
+        assert env == {k: str(v) for k, v in WORKER_ENV.items()}
