@@ -57,12 +57,18 @@ def test_kept_features_give_the_same_scores_without_reading_the_cube_again(small
     two_pass = two_pass.compute()
     kept, kept_details = learned.learned_scores(cube, models, metrics, sample)
     assert kept_details["features_kept_in_memory"] and not details["features_kept_in_memory"]
-    assert kept_details["feature_background"] == details["feature_background"]
+    for key, kept_background in kept_details["feature_background"].items():  # the same regularisation
+        two_pass_background = details["feature_background"][key]
+        assert kept_background.keys() == two_pass_background.keys()
+        for field, value in kept_background.items():
+            assert value == (pytest.approx(two_pass_background[field], rel=1e-6) if isinstance(value, float)
+                             else two_pass_background[field]), (key, field)
     n_invalid = int(np.isnan(cube.isel(band=0).values).sum())
     shutil.rmtree(store)  # the scoring pass must not read the cube
     kept = kept.compute()
     for name in two_pass.data_vars:
-        np.testing.assert_array_equal(kept[name].values, two_pass[name].values, err_msg=name)
+        # the same computation; only BLAS summation order may differ with a buffer's alignment
+        np.testing.assert_allclose(kept[name].values, two_pass[name].values, rtol=1e-5, atol=1e-6, err_msg=name)
     assert np.isnan(kept["score"].values).sum() == n_invalid > 0
 
 
