@@ -45,7 +45,7 @@ def start_worker_server(modules: tuple[str, ...] = WORKER_MODULES) -> bool:
     and exits in well under 0.1 s. The CLI calls this first thing, so that the modules load
     while the command imports its own; :func:`dask_client` calls it too. Does nothing when the
     server runs already (its modules stay those it was started with); returns False where
-    there is no forkserver (not POSIX)."""
+    there is no forkserver (not POSIX, or it cannot start), and workers are then spawned."""
     import multiprocessing
     from multiprocessing import forkserver
 
@@ -80,8 +80,8 @@ def dask_client(address: str | None = None, n_workers: int | None = None, thread
     :func:`start_worker_server`'s process where there is one."""
     from distributed import Client, LocalCluster
 
-    address = address or os.environ.get(ADDRESS_ENV)
-    if address:
+    if not local_cluster_wanted(address):
+        address = address or os.environ[ADDRESS_ENV]
         try:
             client = Client(address, timeout="10s")
         except (OSError, TimeoutError) as exc:
