@@ -137,6 +137,25 @@ def open_cube(path: str | Path) -> xr.Dataset:
     return ds
 
 
+#: Side (pixels) of the blocks in which whole maps (scores, ground truth) are read for
+#: evaluation: a 1024 x 1024 block is 4 MB of float32 scores, and a 2048 x 2048 map is four
+#: tasks per pass (0.4 s to evaluate on 2 workers, against 1.5 s with one task per 128 x 128 tile).
+MAP_BLOCK_SIDE = 1024
+
+
+def open_maps(path: str | Path, block_side: int = MAP_BLOCK_SIDE) -> xr.Dataset:
+    """The ``(y, x)`` / ``(..., y, x)`` maps of a store (a score store, or a cube store's ground
+    truth), dask-backed in blocks of about ``block_side`` pixels a side (whole store chunks):
+    for passes over whole maps with memory set by the block, not the scene."""
+    ds = xr.open_zarr(path, consolidated=False, decode_coords="all", chunks=None)
+    chunks = {}
+    for var in ds.data_vars.values():
+        for dim, chunk in zip(var.dims, var.encoding.get("chunks") or var.shape):
+            if dim in ("y", "x"):
+                chunks[dim] = max(chunk, round(block_side / chunk) * chunk)
+    return ds.chunk(chunks)
+
+
 def is_cube_store(path: str | Path) -> bool:
     path = Path(path)
     return path.is_dir() and ((path / "zarr.json").exists() or (path / ".zgroup").exists())

@@ -9,13 +9,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dask.array as da
 import xarray as xr
 
 from hsad_scale import cluster, cube as cubes, evaluate, outputs, plots, report
 from hsad_scale.atomic import atomic_path, check_destination
 from hsad_scale.errors import InputError
 from hsad_scale.stats import BackgroundStats, whitener
-from hsad_scale.tiles import background_stats, score_map
+from hsad_scale.tiles import background_stats, roc_counts_map, score_map
 
 ENSEMBLES = ("mean", "max")  # as hsad_scale.learned.ENSEMBLES (not imported here: it loads torch)
 
@@ -168,8 +169,18 @@ def write_geotiff(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset) -> boo
 
 def evaluate_scores(cube_ds: xr.Dataset, scores: xr.Dataset) -> dict | None:
     """Figures of ``score`` (and of each ``score_<metric>``; of each run with their mean,
-    standard deviation and averaged ROC when repeated). None without ground truth."""
+    standard deviation and averaged ROC when repeated). None without ground truth. In-memory
+    maps are counted here; dask-backed ones tile by tile (on the current client, if any)."""
     return evaluate_with_roc(cube_ds, scores)[0]
+
+
+def map_counts(score: xr.DataArray, truth: xr.DataArray) -> evaluate.RocCounts:
+    """:class:`~hsad_scale.evaluate.RocCounts` of one score map against the ground truth:
+    tile by tile when either is dask-backed (memory set by the tiles), else in memory."""
+    if score.chunks is None and truth.chunks is None:
+        return evaluate.roc_counts(score.values, truth.values)
+    as_dask = [v.data if v.chunks is not None else da.from_array(v.values, chunks=-1) for v in (score, truth)]
+    return roc_counts_map(*as_dask)
 
 
 def evaluate_with_roc(cube_ds: xr.Dataset, scores: xr.Dataset) -> tuple[dict | None, tuple | None]:
@@ -177,31 +188,32 @@ def evaluate_with_roc(cube_ds: xr.Dataset, scores: xr.Dataset) -> tuple[dict | N
     without ground truth)."""
     if cubes.GROUND_TRUTH not in cube_ds:
         return None, None
-    truth = cube_ds[cubes.GROUND_TRUTH].values
-    result, curve = evaluate.metrics_and_roc(scores["score"].values, truth)
-    others = {n[len("score_"):]: evaluate.metrics(scores[n].values, truth)
+    truth = cube_ds[cubes.GROUND_TRUTH]
+    result, curve = evaluate.metrics_from_counts(map_counts(scores["score"], truth))
+    others = {n[len("score_"):]: evaluate.metrics_from_counts(map_counts(scores[n], truth))[0]
               for n in scores.data_vars if n.startswith("score_") and not n.startswith("score_runs")}
     if others:
         result["per_metric"] = others
     if "score_runs" in scores:
-        runs = [scores["score_runs"].isel(run=i).values for i in range(scores.sizes["run"])]
-        per_run = [evaluate.metrics(r, truth) for r in runs]
+        runs = [evaluate.metrics_from_counts(map_counts(scores["score_runs"].isel(run=i), truth))
+                for i in range(scores.sizes["run"])]
+        per_run = [figures for figures, _ in runs]
         result["runs"] = per_run
         result["runs_summary"] = evaluate.summarise_runs(per_run)
-        result["averaged_roc"] = evaluate.average_roc([evaluate.roc(r, truth) for r in runs])
+        result["averaged_roc"] = evaluate.average_roc([curve_ for _, curve_ in runs])
     return result, curve
 
 
 def write_report_files(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset, result: dict | None, title: str,
                        curve: tuple | None = None) -> None:
     """``metrics.json``, ``roc.png`` (with ground truth; ``curve``: the ROC of ``score`` when
-    already computed) and ``map.png``."""
-    truth = cube_ds[cubes.GROUND_TRUTH].values if cubes.GROUND_TRUTH in cube_ds else None
-    plots.save(plots.plot_maps({title: scores["score"].values}, truth), run_dir / "map.png")
+    already computed) and ``map.png`` (from every k-th pixel: lazy maps are not loaded whole)."""
+    truth = cube_ds[cubes.GROUND_TRUTH] if cubes.GROUND_TRUTH in cube_ds else None
+    plots.save(plots.plot_maps({title: scores["score"]}, truth), run_dir / "map.png")
     if result is None:
         return
     outputs.write_json(run_dir / "metrics.json", result)
-    fpr, tpr = curve if curve is not None else evaluate.roc(scores["score"].values, truth)
+    fpr, tpr = curve if curve is not None else evaluate.roc_from_counts(map_counts(scores["score"], truth))
     curves = {f"{title} (AUC {result['auc']:.4f})": {"fpr": fpr, "tpr": tpr}}
     if "averaged_roc" in result:
         mean_auc = result["runs_summary"]["mean"]["auc"]
@@ -268,8 +280,6 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         # first: bad input fails before a cluster starts
         cube_path = stage.run("ingest", prepare_cube, src, tmp, **(ingest_options or {}))
         cube_ds = cubes.open_cube(cube_path)
-        if cubes.GROUND_TRUTH in cube_ds:  # one byte per pixel, used twice: read once, here, not on the cluster
-            cube_ds[cubes.GROUND_TRUTH] = cube_ds[cubes.GROUND_TRUTH].load(scheduler="threads")
         if client is None:
             _start_importing_learned(options)
             client = stack.enter_context(cluster.dask_client(dask_address))
@@ -278,10 +288,13 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
             print(f"[hsad] Dask dashboard: {link}", file=sys.stderr)
         lazy_scores, details = fit_and_score(cube_ds, options, tmp, client, stage)
         scores = stage.run("score", write_score_store, tmp, cube_ds, lazy_scores, client)
-        scores["score"].load()  # read once for the GeoTIFF, the ROC and the plots
         stage.run("geotiff", write_geotiff, tmp, cube_ds, scores)
-        result, curve = stage.run("evaluate", evaluate_with_roc, cube_ds, scores)
-        stage.run("report", write_report_files, tmp, cube_ds, scores, result, options.method.upper(), curve)
+        # whole maps are read in blocks, on the cluster: client memory does not grow with the scene
+        maps = cubes.open_maps(tmp / "scores.zarr")
+        truth_ds = cube_ds.assign({cubes.GROUND_TRUTH: cubes.open_maps(cube_path)[cubes.GROUND_TRUTH]}) \
+            if cubes.GROUND_TRUTH in cube_ds else cube_ds
+        result, curve = stage.run("evaluate", evaluate_with_roc, truth_ds, maps)
+        stage.run("report", write_report_files, tmp, truth_ds, scores, result, options.method.upper(), curve)
         record = run_record(src, out, cube_path, cube_ds, options, details, result, stage.seconds, client)
         outputs.write_json(tmp / "run.json", {**record, **(record_extra or {})})
         report.write_report(tmp)

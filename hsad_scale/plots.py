@@ -51,10 +51,18 @@ def _step(shape, max_side: int) -> int:
     return max(1, int(np.ceil(max(shape[-2:]) / max_side)))
 
 
-def _thin_mask(mask: np.ndarray, step: int) -> np.ndarray:
-    """Block maximum of a 2-D mask (so that one-pixel targets survive thinning)."""
+def _thin_mask(truth, step: int, strip_pixels: int = 2**24) -> np.ndarray:
+    """Block maximum (over ``step`` x ``step`` blocks) of a 2-D ground truth > 0, so that
+    one-pixel targets survive thinning; lazy inputs are read in strips of about
+    ``strip_pixels`` pixels (never loaded whole)."""
     if step == 1:
-        return mask
+        return _truth_of(truth)
+    ny, nx = truth.shape[-2:]
+    rows = step * max(1, strip_pixels // (step * nx))
+    return np.concatenate([_block_any(_truth_of(truth[r : r + rows]), step) for r in range(0, ny, rows)], axis=0)
+
+
+def _block_any(mask: np.ndarray, step: int) -> np.ndarray:
     ny, nx = mask.shape
     padded = np.zeros((-(-ny // step) * step, -(-nx // step) * step), dtype=bool)
     padded[:ny, :nx] = mask
@@ -197,7 +205,7 @@ def plot_maps(maps: dict, truth: np.ndarray | None = None, shared_scale: bool = 
     shown = {k: normalise_map(_as_array(thin(v)), normalise, percentiles) for k, v in maps.items()}
     first = next(iter(maps.values()))
     step = _step(first.shape, MAX_PIXELS_SHOWN)
-    mask = None if truth is None else _thin_mask(_truth_of(truth), step)
+    mask = None if truth is None else _thin_mask(truth, step)
     finite = np.concatenate([v[np.isfinite(v)].ravel() for v in shown.values()])
     lo, hi = (0.0, 1.0) if normalise else _percentiles(finite, percentiles)
     n = len(shown)

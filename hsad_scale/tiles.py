@@ -17,6 +17,7 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 
+from hsad_scale import evaluate
 from hsad_scale.stats import BackgroundStats, BandSummary
 
 PixelFn = Callable[[np.ndarray], np.ndarray]  # (n, bands) -> (n,) scores or (n, k) features
@@ -273,3 +274,36 @@ def sample_pixels_graph(cube: xr.DataArray, n_samples: int, seed: int = 0) -> li
     return [dask.delayed(_tile_sample, pure=True)(blocks[0, bi, bj], local,
                                                   dask_key_name=f"train-sample-{tokenize(cube.data, bi, bj, local)}")
             for (bi, bj), local in _sample_plan(cube, n_samples, seed)]
+
+
+def _map_cell(scores: np.ndarray, truth: np.ndarray, fn: Callable, *extra) -> np.ndarray:
+    cell = np.empty((1,) * scores.ndim, dtype=object)
+    cell[(0,) * scores.ndim] = fn(scores, truth, *extra)
+    return cell
+
+
+def _object_cells(fn: Callable, scores: da.Array, truth: da.Array, name: str, *extra) -> list:
+    """Delayed ``fn(score tile, truth tile, *extra)`` for each tile of a map (any dims)."""
+    cells = da.map_blocks(_map_cell, scores, truth, fn, *extra, dtype=object, meta=np.empty((0,) * scores.ndim, dtype=object),
+                          chunks=tuple((1,) * len(c) for c in scores.chunks),
+                          name=f"{name}-{tokenize(scores, truth, fn, *extra)}")
+    return list(cells.to_delayed().ravel())
+
+
+def _add_count_pairs(a: tuple, b: tuple) -> tuple:
+    return a[0] + b[0], a[1] + b[1]
+
+
+def roc_counts_map(scores: da.Array, truth: da.Array, name: str = "roc") -> evaluate.RocCounts:
+    """:class:`~hsad_scale.evaluate.RocCounts` of a lazy score map against a lazy ground
+    truth of the same shape, tile by tile (on the current Dask client, if any): one pass
+    gathers the anomaly pixels' scores, a second counts the background pixels between them.
+    Memory follows the tile size and the number of anomaly pixels, not the scene."""
+    evaluate.check_shapes(scores.shape, truth.shape)
+    truth = truth.rechunk(scores.chunks)  # the same tiles
+    picked = dask.compute(*_object_cells(evaluate.anomaly_scores, scores, truth, f"{name}-anomalies"))
+    thresholds, positives = evaluate.anomaly_thresholds(np.concatenate([_unwrap(p) for p in picked]))
+    thresholds_key = dask.delayed(thresholds, pure=True)
+    parts = _object_cells(evaluate.count_background, scores, truth, f"{name}-background", thresholds_key)
+    ties, gaps = _tree_merge(parts, _add_count_pairs, f"{name}-counts", tokenize(scores, truth, thresholds)).compute()
+    return evaluate.RocCounts(thresholds, positives, ties, gaps)
