@@ -128,7 +128,8 @@ def _serve(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from hsad_scale.evaluate import metrics
+    from hsad_scale.evaluate import metrics_from_counts
+    from hsad_scale.tiles import map_roc_counts
 
     scores = _load_map(args.scores, args.variable)
     if Path(args.gt).is_dir():
@@ -137,7 +138,7 @@ def _evaluate(args) -> None:
         from hsad_scale.readers.dispatch import read_ground_truth
 
         truth = read_ground_truth(args.gt, scores.shape, args.gt_key)
-    result = metrics(scores, truth)
+    result = metrics_from_counts(map_roc_counts(scores, truth))[0]  # a store's map: tile by tile, local threads
     width = max(len(k) for k in result)
     for key, value in result.items():
         print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
@@ -148,22 +149,23 @@ def _evaluate(args) -> None:
 
 
 def _load_map(path: str, variable: str):
-    """A 2-D map: a variable of a Zarr store, a single-band GeoTIFF or a .npy file."""
+    """A 2-D map: a variable of a Zarr store (lazy, dask-backed in blocks), a single-band
+    GeoTIFF or a .npy file (numpy)."""
     import numpy as np
 
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p} does not exist")
     if p.is_dir():
-        import xarray as xr
+        from hsad_scale.cube import open_maps
 
         try:
-            ds = xr.open_zarr(p, consolidated=False)
+            ds = open_maps(p)
         except Exception as exc:
             raise InputError(f"{p} is not a readable Zarr store: {exc}") from None
         if variable not in ds:
             raise InputError(f"{p} holds no variable {variable!r} (it has {', '.join(map(str, ds.data_vars))})")
-        return ds[variable].values
+        return ds[variable]
     suffix = p.suffix.lower()
     if suffix == ".npy":
         return np.load(p, allow_pickle=False)

@@ -9,14 +9,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dask.array as da
 import xarray as xr
 
 from hsad_scale import cluster, cube as cubes, evaluate, outputs, plots, report
 from hsad_scale.atomic import atomic_path, check_destination
 from hsad_scale.errors import InputError
 from hsad_scale.stats import BackgroundStats, whitener
-from hsad_scale.tiles import background_stats, roc_counts_map, score_map
+from hsad_scale.tiles import background_stats, map_roc_counts, score_map
 
 ENSEMBLES = ("mean", "max")  # as hsad_scale.learned.ENSEMBLES (not imported here: it loads torch)
 
@@ -175,12 +174,9 @@ def evaluate_scores(cube_ds: xr.Dataset, scores: xr.Dataset) -> dict | None:
 
 
 def map_counts(score: xr.DataArray, truth: xr.DataArray) -> evaluate.RocCounts:
-    """:class:`~hsad_scale.evaluate.RocCounts` of one score map against the ground truth:
-    tile by tile when either is dask-backed (memory set by the tiles), else in memory."""
-    if score.chunks is None and truth.chunks is None:
-        return evaluate.roc_counts(score.values, truth.values)
-    as_dask = [v.data if v.chunks is not None else da.from_array(v.values, chunks=-1) for v in (score, truth)]
-    return roc_counts_map(*as_dask)
+    """:func:`hsad_scale.tiles.map_roc_counts`: tile by tile on the cluster when either map is
+    dask-backed (memory set by the tiles), else in memory."""
+    return map_roc_counts(score, truth)
 
 
 def evaluate_with_roc(cube_ds: xr.Dataset, scores: xr.Dataset) -> tuple[dict | None, tuple | None]:

@@ -307,3 +307,15 @@ def roc_counts_map(scores: da.Array, truth: da.Array, name: str = "roc") -> eval
     parts = _object_cells(evaluate.count_background, scores, truth, f"{name}-background", thresholds_key)
     ties, gaps = _tree_merge(parts, _add_count_pairs, f"{name}-counts", tokenize(scores, truth, thresholds)).compute()
     return evaluate.RocCounts(thresholds, positives, ties, gaps)
+
+
+def map_roc_counts(scores, truth) -> evaluate.RocCounts:
+    """:class:`~hsad_scale.evaluate.RocCounts` of a score map against a ground truth, each a
+    numpy, dask or xarray array: tile by tile (:func:`roc_counts_map`) when either is lazy
+    (dask-backed), else in memory."""
+    scores, truth = (getattr(a, "variable", a) for a in (scores, truth))  # xarray: its lazy or loaded data
+    lazy = [isinstance(getattr(a, "_data", a), da.Array) for a in (scores, truth)]
+    if not any(lazy):
+        return evaluate.roc_counts(np.asarray(scores), np.asarray(truth))
+    as_dask = [a.data if is_lazy else da.from_array(np.asarray(a), chunks=-1) for a, is_lazy in zip((scores, truth), lazy)]
+    return roc_counts_map(*as_dask)

@@ -39,9 +39,10 @@ def test_detect_writes_the_whole_run_folder(small_cube, tmp_path, client, capsys
     assert run["background"]["regularised"] is False
     assert 0.5 < json.loads((out / "metrics.json").read_text())["auc"] <= 1.0
     assert _leftovers(tmp_path, ".tmp-") == []
-    # the evaluate command reads the same figures back
-    assert main(["evaluate", str(out / "scores.zarr"), str(small_cube)]) == 0
+    # the evaluate command (tile by tile on local threads) reads the same figures back
+    assert main(["evaluate", str(out / "scores.zarr"), str(small_cube), "--json", str(tmp_path / "m.json")]) == 0
     assert "auc" in capsys.readouterr().out
+    assert json.loads((tmp_path / "m.json").read_text()) == json.loads((out / "metrics.json").read_text())
 
 
 def test_detect_ingests_a_mat_scene_into_the_run_folder(had_dir, manifest, tmp_path, client):
