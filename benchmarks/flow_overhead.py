@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ROOT.parent / "shared" / "data" / "had" / "abu-airport-1.mat"  # 100 x 100 x 205
-BIG = ROOT / "bench-data" / "synth-2048x2048x200-c128.zarr"  # the RX benchmark cube (benchmarks/rx_vs_spy.py)
+BIG = ROOT / "bench-data" / "synth-2048x2048x200-c256.zarr"  # the RX benchmark cube (benchmarks/rx_vs_spy.py)
 HSAD = [sys.executable, "-m", "hsad_scale.cli"]
 
 
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     if not args.small_only and not BIG.exists():
         print(f"generating {BIG} ...", flush=True)
         BIG.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([*HSAD, "synth", str(BIG), "--size", "2048x2048", "--bands", "200", "--chunk", "128"], check=True)
+        subprocess.run([*HSAD, "synth", str(BIG), "--size", "2048x2048", "--bands", "200", "--chunk", "256"], check=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     print(f"{os.cpu_count()} cores, load average {load}; PREFECT_API_URL={os.environ.get('PREFECT_API_URL') or 'unset'}",
           flush=True)

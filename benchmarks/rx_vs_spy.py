@@ -1,7 +1,7 @@
 """RX end to end with `hsad detect` on a generated 2048 x 2048 x 200 float32 cube, against
 Spectral Python's `spectral.rx` on the same array in memory; peak RSS of all processes.
 
-    python benchmarks/rx_vs_spy.py [--size 2048] [--bands 200] [--chunk 128] [--larger] [--skip-spy] [--repeats 3]
+    python benchmarks/rx_vs_spy.py [--size 2048] [--bands 200] [--chunk 256] [--larger] [--skip-spy] [--repeats 3]
 
 Prints a Markdown table. The compute limit is two passes of 2*N*B^2 flops at the float32
 matrix-multiply rate measured in the same run (numpy, all cores)."""
@@ -20,6 +20,8 @@ import numpy as np
 import psutil
 
 DATA = Path(__file__).resolve().parents[1] / "bench-data"
+#: The `hsad` script of this interpreter's environment (works without activating it).
+HSAD = str(Path(sys.executable).with_name("hsad")) if Path(sys.executable).with_name("hsad").exists() else "hsad"
 
 
 def matmul_rate(bands: int) -> float:
@@ -41,7 +43,7 @@ def ensure_cube(size: int, bands: int, chunk: int) -> Path:
     if not path.exists():
         DATA.mkdir(exist_ok=True)
         print(f"generating {path} ...", file=sys.stderr, flush=True)
-        subprocess.run(["hsad", "synth", str(path), "--size", f"{size}x{size}", "--bands", str(bands),
+        subprocess.run([HSAD, "synth", str(path), "--size", f"{size}x{size}", "--bands", str(bands),
                         "--chunk", str(chunk)], check=True)
     return path
 
@@ -78,7 +80,7 @@ def run_detect(cube: Path) -> tuple[float, int, dict]:
     out = DATA / f"run-{cube.stem}"
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    proc = subprocess.Popen(["hsad", "detect", str(cube), "--method", "rx", "--out", str(out)])
+    proc = subprocess.Popen([HSAD, "detect", str(cube), "--method", "rx", "--out", str(out)])
     rss = PeakRSS(proc.pid)
     proc.wait()
     wall = time.perf_counter() - start
@@ -103,7 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--bands", type=int, default=200)
-    parser.add_argument("--chunk", type=int, default=128, help="tile size of the generated cube (default 128)")
+    parser.add_argument("--chunk", type=int, default=256, help="tile size of the generated cube (default 256, as ingest and synth)")
     parser.add_argument("--larger", action="store_true", help="also run a cube with 4x the pixels (memory only)")
     parser.add_argument("--skip-spy", action="store_true")
     parser.add_argument("--repeats", type=int, default=3,
