@@ -17,8 +17,6 @@ LOW_FPRS = (1e-3, 1e-2, 1e-1)
 PARTIAL_AUC_MAX_FPR = 1e-2
 #: Common false-positive-rate grid for averaged ROC curves (log-spaced start, then linear).
 FPR_GRID = np.unique(np.concatenate([[0.0], np.logspace(-5, -1, 200), np.linspace(0.1, 1.0, 181)]))
-
-
 #: Pixels per block when counting in memory: bounds the temporary index arrays (8 B/pixel).
 COUNT_BLOCK_PIXELS = 2**20
 
@@ -37,11 +35,6 @@ class RocCounts:
     positives: np.ndarray
     negative_ties: np.ndarray
     negative_gaps: np.ndarray
-
-    def merge(self, other: "RocCounts") -> "RocCounts":
-        """Sum of the counts of two parts counted against the same thresholds."""
-        return RocCounts(self.thresholds, self.positives, self.negative_ties + other.negative_ties,
-                         self.negative_gaps + other.negative_gaps)
 
     @property
     def n_anomaly(self) -> int:
