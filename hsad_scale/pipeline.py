@@ -173,25 +173,19 @@ def evaluate_scores(cube_ds: xr.Dataset, scores: xr.Dataset) -> dict | None:
     return evaluate_with_roc(cube_ds, scores)[0]
 
 
-def map_counts(score: xr.DataArray, truth: xr.DataArray) -> evaluate.RocCounts:
-    """:func:`hsad_scale.tiles.map_roc_counts`: tile by tile on the cluster when either map is
-    dask-backed (memory set by the tiles), else in memory."""
-    return map_roc_counts(score, truth)
-
-
 def evaluate_with_roc(cube_ds: xr.Dataset, scores: xr.Dataset) -> tuple[dict | None, tuple | None]:
     """:func:`evaluate_scores` and the ROC curve ``(fpr, tpr)`` of ``score`` (None, None
     without ground truth)."""
     if cubes.GROUND_TRUTH not in cube_ds:
         return None, None
     truth = cube_ds[cubes.GROUND_TRUTH]
-    result, curve = evaluate.metrics_from_counts(map_counts(scores["score"], truth))
-    others = {n[len("score_"):]: evaluate.metrics_from_counts(map_counts(scores[n], truth))[0]
+    result, curve = evaluate.metrics_from_counts(map_roc_counts(scores["score"], truth))
+    others = {n[len("score_"):]: evaluate.metrics_from_counts(map_roc_counts(scores[n], truth))[0]
               for n in scores.data_vars if n.startswith("score_") and not n.startswith("score_runs")}
     if others:
         result["per_metric"] = others
     if "score_runs" in scores:
-        runs = [evaluate.metrics_from_counts(map_counts(scores["score_runs"].isel(run=i), truth))
+        runs = [evaluate.metrics_from_counts(map_roc_counts(scores["score_runs"].isel(run=i), truth))
                 for i in range(scores.sizes["run"])]
         per_run = [figures for figures, _ in runs]
         result["runs"] = per_run
@@ -209,7 +203,7 @@ def write_report_files(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset, r
     if result is None:
         return
     outputs.write_json(run_dir / "metrics.json", result)
-    fpr, tpr = curve if curve is not None else evaluate.roc_from_counts(map_counts(scores["score"], truth))
+    fpr, tpr = curve if curve is not None else evaluate.roc_from_counts(map_roc_counts(scores["score"], truth))
     curves = {f"{title} (AUC {result['auc']:.4f})": {"fpr": fpr, "tpr": tpr}}
     if "averaged_roc" in result:
         mean_auc = result["runs_summary"]["mean"]["auc"]

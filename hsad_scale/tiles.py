@@ -309,13 +309,20 @@ def roc_counts_map(scores: da.Array, truth: da.Array, name: str = "roc") -> eval
     return evaluate.RocCounts(thresholds, positives, ties, gaps)
 
 
+#: Maps of at most this many pixels are evaluated in this process (at most ~60 MB of
+#: temporaries): for a 1024 x 1024 map 0.18 s, against 0.43 s for two passes on the cluster.
+IN_MEMORY_MAX_PIXELS = 2**21
+
+
 def map_roc_counts(scores, truth) -> evaluate.RocCounts:
     """:class:`~hsad_scale.evaluate.RocCounts` of a score map against a ground truth, each a
-    numpy, dask or xarray array: tile by tile (:func:`roc_counts_map`) when either is lazy
-    (dask-backed), else in memory."""
+    numpy, dask or xarray array: tile by tile (:func:`roc_counts_map`, on the current Dask
+    client if any) when either is dask-backed and the map has more than
+    :data:`IN_MEMORY_MAX_PIXELS` pixels, else in memory here (memory bounded either way)."""
     scores, truth = (getattr(a, "variable", a) for a in (scores, truth))  # xarray: its lazy or loaded data
     lazy = [isinstance(getattr(a, "_data", a), da.Array) for a in (scores, truth)]
-    if not any(lazy):
-        return evaluate.roc_counts(np.asarray(scores), np.asarray(truth))
+    if not any(lazy) or np.prod(scores.shape) <= IN_MEMORY_MAX_PIXELS:
+        here = [a.data.compute(scheduler="threads") if is_lazy else np.asarray(a) for a, is_lazy in zip((scores, truth), lazy)]
+        return evaluate.roc_counts(*here)
     as_dask = [a.data if is_lazy else da.from_array(np.asarray(a), chunks=-1) for a, is_lazy in zip((scores, truth), lazy)]
     return roc_counts_map(*as_dask)

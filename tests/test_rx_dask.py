@@ -111,26 +111,27 @@ def test_tile_by_tile_evaluation_equals_in_memory_on_real_scenes(had_dir, manife
         np.testing.assert_array_equal(tiled_tpr, tpr)
 
 
-def test_detect_evaluates_without_loading_whole_maps(tmp_path, client, monkeypatch):
-    """hsad detect hands the evaluation dask-backed maps read in blocks (never whole numpy
-    maps), and its figures equal an in-memory evaluation of the written scores."""
+def test_detect_evaluates_large_maps_tile_by_tile(tmp_path, client, monkeypatch):
+    """Above tiles.IN_MEMORY_MAX_PIXELS, hsad detect counts dask-backed maps tile by tile
+    (never whole numpy maps), and its figures equal an in-memory evaluation of the written scores."""
+    import json
+
     import xarray as xr
 
-    from hsad_scale import evaluate, pipeline
+    from hsad_scale import evaluate, pipeline, tiles
 
     store = synth(tmp_path / "s.zarr", SceneSpec(90, 80, 8, seed=5), chunk=32)
     seen = []
-    original = pipeline.map_counts
+    original = tiles.roc_counts_map
 
     def spy(score, truth):
-        seen.append((score.chunks, truth.chunks))
+        seen.append((type(score), type(truth)))
         return original(score, truth)
 
-    monkeypatch.setattr(pipeline, "map_counts", spy)
+    monkeypatch.setattr(tiles, "IN_MEMORY_MAX_PIXELS", 1000)
+    monkeypatch.setattr(tiles, "roc_counts_map", spy)
     out = pipeline.run_detect(store, tmp_path / "run", client=client, quiet=True)
-    assert seen and all(s is not None and t is not None for s, t in seen)
+    assert seen and all(s is tiles.da.Array and t is tiles.da.Array for s, t in seen)
     written = xr.open_zarr(out / "scores.zarr", consolidated=False)["score"].values
     truth = cubes.open_cube(store)[cubes.GROUND_TRUTH].values
-    import json
-
     assert json.loads((out / "metrics.json").read_text()) == pytest.approx(evaluate.metrics(written, truth))
