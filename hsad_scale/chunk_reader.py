@@ -1,15 +1,21 @@
 """Reading cube tiles from a Zarr store into Dask, one store chunk per task.
 
-Uncompressed chunks of a local Zarr v3 store (the default cube store) are read straight
-from their files into a fresh array (one copy, no codec pipeline): 4 ms instead of 9 ms per
-128 x 128 x 200 tile in a busy worker, measured on the 2-vCPU benchmark VM. Every other
-store (compressed, sharded, remote, Zarr v2) is read through zarr-python.
+Uncompressed chunks of a local Zarr v3 store (the default cube store) are mapped straight
+from their files (a private copy-on-write mapping: no copy at all, no codec pipeline; the
+array is writable and writes never reach the file). Per 256 x 256 x 200 tile on the 2-vCPU
+benchmark VM, both cores busy: 1 ms instead of 10 ms for reading it into a fresh array
+(which was 4 ms instead of 9 ms through zarr-python per 128 x 128 tile), and reading plus
+RX statistics and scoring 96 instead of 110 ms. Every other store (compressed, sharded,
+remote, Zarr v2) is read through zarr-python.
 """
 
 from __future__ import annotations
 
 import functools
+import mmap
+import os
 import sys
+import weakref
 from pathlib import Path
 
 import dask.array as da
@@ -40,15 +46,11 @@ class ChunkReader:
         index = self._chunk_index(key)
         if self._raw_root is None or index is None:
             return self.array[key]
-        out = np.empty(self.chunks, dtype=self.dtype)  # edge chunks are stored full size
         path = Path(self._raw_root, self.array.metadata.encode_chunk_key(index))
-        try:
-            with open(path, "rb", buffering=0) as f:
-                complete = f.readinto(memoryview(out).cast("B")) == out.nbytes
-        except FileNotFoundError:  # never written: the fill value
-            out.fill(self.array.fill_value)
-            complete = True
-        if not complete:
+        out = _map_chunk(path, self.chunks, self.dtype)  # edge chunks are stored full size
+        if out is None:  # never written: the fill value
+            out = np.full(self.chunks, self.array.fill_value, dtype=self.dtype)
+        elif out is False:  # not a whole raw chunk
             return self.array[key]
         return out[tuple(slice(0, k.stop - k.start) for k in key)]
 
@@ -65,6 +67,41 @@ class ChunkReader:
                 return None
             index.append(start // chunk)
         return tuple(index)
+
+
+#: Mapped chunks alive at once in a process, at most: each holds a file descriptor (Python
+#: keeps one per mapping), so a persisted cube of thousands of chunks is read into memory
+#: instead of running out of descriptors (the soft limit is often 1024).
+MAX_LIVE_MAPPINGS = 256
+_live_mappings = [0]
+
+
+def _unmapped() -> None:
+    _live_mappings[0] -= 1
+
+
+def _map_chunk(path: Path, shape: tuple, dtype: np.dtype) -> np.ndarray | None | bool:
+    """The chunk file at ``path`` as a writable ``shape`` array over a private (copy-on-write)
+    mapping of it (read into a fresh array past :data:`MAX_LIVE_MAPPINGS`); None when there is
+    no such file, False when its size is not that of a raw chunk. The kernel is asked to read
+    the whole file ahead, so that cold stores read as fast as with ``read``."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    try:
+        with open(path, "rb", buffering=0) as f:
+            if os.fstat(f.fileno()).st_size != nbytes or nbytes == 0:
+                return False
+            if _live_mappings[0] >= MAX_LIVE_MAPPINGS:
+                out = np.empty(shape, dtype=dtype)
+                return out if f.readinto(memoryview(out).cast("B")) == nbytes else False
+            mapped = mmap.mmap(f.fileno(), nbytes, access=mmap.ACCESS_COPY)
+    except FileNotFoundError:
+        return None
+    if hasattr(mapped, "madvise"):
+        mapped.madvise(mmap.MADV_WILLNEED)
+    out = np.frombuffer(mapped, dtype=dtype).reshape(shape)
+    _live_mappings[0] += 1
+    weakref.finalize(out.base if out.base is not None else out, _unmapped)
+    return out
 
 
 def _stamp(store_path: str, name: str) -> int | None:

@@ -1,6 +1,7 @@
 """The cube's tile reader: raw chunk files where the store allows, zarr-python elsewhere;
 the same values as zarr-python in every case (edge chunks, unwritten chunks, codecs)."""
 
+import mmap
 import pickle
 
 import dask.array as da
@@ -66,3 +67,36 @@ def test_open_cube_reads_through_the_reader_and_keeps_metadata(tmp_path):
     assert ds.cube.attrs == plain.cube.attrs and ds.cube.dims == plain.cube.dims
     np.testing.assert_array_equal(ds.cube.values, values)
     assert isinstance(ds.cube.data, da.Array)
+
+
+def _owner(array):
+    """What finally holds an array's memory: an ndarray of its own, or a buffer such as a mapping."""
+    while isinstance(array, np.ndarray) and array.base is not None:
+        array = array.base
+    return array
+
+
+def test_mapped_tiles_are_private_writable_copies_and_released(tmp_path, monkeypatch):
+    """Raw chunks come as writable copy-on-write mappings: writing to a tile never reaches
+    the store; mappings are counted while alive, and past the limit tiles are read instead."""
+    import gc
+
+    from hsad_scale import chunk_reader
+
+    path, values = _store(tmp_path)
+    reader = ChunkReader(path, "cube")
+    before = chunk_reader._live_mappings[0]
+    tile = reader[(slice(0, 5), slice(0, 16), slice(0, 8))]
+    assert chunk_reader._live_mappings[0] == before + 1 and tile.flags.writeable
+    assert isinstance(getattr(_owner(tile), "obj", None), mmap.mmap)  # a memoryview of the mapping
+    tile[:] = 0.0
+    np.testing.assert_array_equal(ChunkReader(path, "cube")[(slice(0, 5), slice(0, 16), slice(0, 8))],
+                                  values[:, :16, :8])
+    del tile
+    gc.collect()
+    assert chunk_reader._live_mappings[0] == before
+    monkeypatch.setattr(chunk_reader, "MAX_LIVE_MAPPINGS", 0)
+    read = reader[(slice(0, 5), slice(16, 32), slice(8, 16))]
+    assert chunk_reader._live_mappings[0] == before and isinstance(_owner(read), np.ndarray)
+    np.testing.assert_array_equal(read, values[:, 16:32, 8:16])
+    np.testing.assert_array_equal(zarr_dask_array(path, "cube").compute(), values)
