@@ -100,7 +100,22 @@ def dask_client(address: str | None = None, n_workers: int | None = None, thread
         cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
                                dashboard_address=dashboard_address, silence_logs=logging.ERROR)
     with cluster, Client(cluster) as client:
-        yield client
+        try:
+            yield client
+        finally:
+            quiet_worker_logs(client)
+
+
+def _silence_worker_logs() -> None:
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+
+def quiet_worker_logs(client) -> None:
+    """Silence the workers' ``distributed`` logs once their work is done, before their
+    LocalCluster closes: a heartbeat in flight while the scheduler closes is otherwise logged
+    as an ERROR with a traceback (dask/distributed#7105), after a run that succeeded."""
+    with contextlib.suppress(Exception):  # workers already gone: nothing to silence
+        client.run(_silence_worker_logs)
 
 
 def dashboard_link(client) -> str | None:

@@ -135,3 +135,23 @@ def test_detect_evaluates_large_maps_tile_by_tile(tmp_path, client, monkeypatch)
     written = xr.open_zarr(out / "scores.zarr", consolidated=False)["score"].values
     truth = cubes.open_cube(store)[cubes.GROUND_TRUTH].values
     assert json.loads((out / "metrics.json").read_text()) == pytest.approx(evaluate.metrics(written, truth))
+
+
+def test_worker_logs_are_silenced_before_a_local_cluster_closes(client):
+    """dask_client silences its workers' logs before closing (no heartbeat traceback after a
+    run that succeeded); until then they log errors as usual."""
+    import logging
+
+    from hsad_scale.cluster import quiet_worker_logs
+
+    def level():
+        return logging.getLogger("distributed").getEffectiveLevel()
+
+    before = client.run(level)
+    assert logging.CRITICAL not in before.values()
+    quiet_worker_logs(client)
+    try:
+        assert set(client.run(level).values()) == {logging.CRITICAL}
+    finally:
+        restore = before[next(iter(before))]
+        client.run(lambda: logging.getLogger("distributed").setLevel(restore))
