@@ -279,7 +279,7 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         lazy_scores, details = fit_and_score(cube_ds, options, tmp, client, stage)
         scores = stage.run("score", write_score_store, tmp, cube_ds, lazy_scores, client)
         stage.run("geotiff", write_geotiff, tmp, cube_ds, scores)
-        # whole maps are read in blocks, on the cluster: client memory does not grow with the scene
+        # maps read in blocks (large ones counted on the cluster): client memory does not grow with the scene
         maps = cubes.open_maps(tmp / "scores.zarr")
         truth_ds = cube_ds.assign({cubes.GROUND_TRUTH: cubes.open_maps(cube_path)[cubes.GROUND_TRUTH]}) \
             if cubes.GROUND_TRUTH in cube_ds else cube_ds
