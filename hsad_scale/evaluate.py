@@ -132,11 +132,6 @@ def roc(scores, truth) -> tuple[np.ndarray, np.ndarray]:
     return roc_from_counts(roc_counts(scores, truth))
 
 
-def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`roc` of finite ``scores`` ``(n,)`` against bool ``labels`` ``(n,)``."""
-    return roc(scores, labels)
-
-
 def tpr_at(fpr: np.ndarray, tpr: np.ndarray, at: float) -> float:
     """TPR at a false-positive rate, by linear interpolation on the ROC curve."""
     return float(np.interp(at, fpr, tpr))
