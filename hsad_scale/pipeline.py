@@ -306,6 +306,7 @@ def run_record(src, out, cube_path, cube_ds, options: DetectOptions, details: di
         "cube": str(Path(src).resolve() if Path(cube_path) == Path(src) else Path(out).resolve() / "cube.zarr"),
         "shape": dict(cube_ds.sizes),
         "chunks": list(cube_ds[cubes.CUBE].data.chunksize),
+        **cubes.ingest_record(cube_ds),  # bands left out, readers' decisions
         **details,
         "metrics": None if result is None else {k: v for k, v in result.items() if k != "averaged_roc"},
         "stage_seconds": seconds,
