@@ -14,7 +14,7 @@ def _ingest(args) -> None:
     from hsad_scale.cube import ingest
 
     ingest(args.src, args.dest, gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key, band_axis=args.band_axis,
-           drop_bands=args.drop_bands, chunk=args.chunk, compression=args.compression, overwrite=args.overwrite)
+           drop_bands=args.drop_bands, swath=args.swath, chunk=args.chunk, compression=args.compression, overwrite=args.overwrite)
     print(f"[hsad] wrote {args.dest}", file=sys.stderr)
 
 
@@ -38,7 +38,7 @@ def _detect(args) -> None:
                             settings=tuple(args.set or ()), metrics=metrics, repeats=args.repeats,
                             ensemble=args.ensemble, device=args.device, model=args.model)
     ingest_options = dict(gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk,
-                          band_axis=args.band_axis, drop_bands=args.drop_bands)
+                          band_axis=args.band_axis, drop_bands=args.drop_bands, swath=args.swath)
     run_detect(args.src, args.out, options, overwrite=args.overwrite, dask_address=args.dask_address,
                ingest_options=ingest_options)
 
@@ -74,7 +74,7 @@ def _inspect(args) -> None:
     from hsad_scale.inspect import describe
 
     print(describe(args.src, gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key,
-                   band_axis=args.band_axis, drop_bands=args.drop_bands))
+                   band_axis=args.band_axis, drop_bands=args.drop_bands, swath=args.swath))
 
 
 def _sweep(args) -> None:
@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(.mat/NetCDF/HDF5): first, middle, last, 0-2 or a dimension name")
         p.add_argument("--drop-bands", help="bands to leave out: source indices and ranges (0-based) and "
                                             "wavelength ranges in nm, e.g. 0-3,107,1350-1450nm")
+        p.add_argument("--swath", action="store_true", help="keep swath geometry: do not move maps "
+                                                            "through a GLT (EMIT) onto its orthorectified grid")
 
     def common_source(p):
         p.add_argument("--gt", help="ground truth file (.mat, GeoTIFF, .npy) when not inside SRC")

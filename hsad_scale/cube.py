@@ -14,6 +14,7 @@ import dask.array as da
 import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
+from affine import Affine
 
 from hsad_scale.atomic import atomic_path
 from hsad_scale.chunk_reader import zarr_dask_array
@@ -67,7 +68,62 @@ def scene_dataset(source: SceneSource, chunk: int = DEFAULT_CHUNK, drop_bands: s
         ds[CUBE].attrs["hsad_warnings"] = list(source.notes)
     if scale is not None:
         ds[CUBE].attrs.update(scale_applied=[float(v) for v in scale], offset_applied=[float(v) for v in offset])
+    if source.glt is not None:
+        ds = with_glt(ds, source.glt)
     return ds
+
+
+GLT_X, GLT_Y = "glt_x", "glt_y"
+
+
+def with_glt(ds: xr.Dataset, glt) -> xr.Dataset:
+    """The cube Dataset with the lookup table of its orthorectified grid: ``glt_x``/``glt_y``
+    int32 ``(ortho_y, ortho_x)`` (1-based swath column/row, 0 = none), their grid's CRS WKT and
+    GDAL GeoTransform as attributes. The cube stays in swath geometry (statistics see each
+    swath pixel once); maps are moved onto the grid when written (:func:`on_output_grid`)."""
+    geo = {"crs_wkt": glt.crs, "GeoTransform": " ".join(repr(float(v)) for v in glt.transform.to_gdal())}
+    ds[GLT_X] = (("ortho_y", "ortho_x"), glt.x, dict(geo, long_name="swath column (1-based) of each grid pixel"))
+    ds[GLT_Y] = (("ortho_y", "ortho_x"), glt.y, dict(geo, long_name="swath row (1-based) of each grid pixel"))
+    return ds
+
+
+def on_output_grid(cube_ds: xr.Dataset, scores: xr.Dataset) -> tuple[xr.Dataset, xr.Dataset]:
+    """``(grid, scores)``: for a cube with a GLT (EMIT), the score maps moved through it onto
+    the orthorectified grid, and a Dataset carrying that grid's CRS and transform; else
+    ``(cube_ds, scores)`` unchanged. Grid pixels with no swath pixel score NaN. The swath maps
+    are read whole (2-D maps: a 1280 x 1242 swath is 6 MB a map)."""
+    if GLT_X not in cube_ds:
+        return cube_ds, scores
+    gx = cube_ds[GLT_X].values.astype(np.int64)
+    gy = cube_ds[GLT_Y].values.astype(np.int64)
+    attrs = cube_ds[GLT_X].attrs
+    transform = Affine.from_gdal(*(float(v) for v in attrs["GeoTransform"].split()))
+    height, width = gx.shape
+    grid = xr.Dataset(coords={"y": transform.f + (np.arange(height) + 0.5) * transform.e,
+                              "x": transform.c + (np.arange(width) + 0.5) * transform.a})
+    grid = grid.rio.write_crs(attrs["crs_wkt"]).rio.write_transform(transform)
+    moved = {}
+    for name, var in scores.data_vars.items():
+        data = da.asarray(var.data).rechunk(-1)
+        ortho = data.map_blocks(_through_glt, gy, gx, dtype=var.dtype,
+                                chunks=tuple((n,) for n in var.shape[:-2]) + ((height,), (width,)))
+        chunk = cube_ds[CUBE].data.chunksize[1:]
+        ortho = ortho.rechunk(tuple(-1 for _ in var.shape[:-2]) + chunk)
+        moved[name] = (var.dims, ortho, var.attrs)
+    coords = {k: v for k, v in scores.coords.items() if "y" not in v.dims and "x" not in v.dims
+              and k != "spatial_ref"}
+    out = xr.Dataset(moved, coords={**coords, "y": grid["y"], "x": grid["x"]}, attrs=scores.attrs)
+    out.attrs["geometry"] = "orthorectified through the GLT (location/glt_x, glt_y)"
+    return grid, out
+
+
+def _through_glt(swath: np.ndarray, gy: np.ndarray, gx: np.ndarray) -> np.ndarray:
+    """``(..., rows, cols)`` swath map -> ``(..., ortho_y, ortho_x)`` grid map (NaN where the
+    GLT is 0)."""
+    out = np.full(swath.shape[:-2] + gx.shape, np.nan, dtype=swath.dtype)
+    hit = (gx > 0) & (gy > 0)
+    out[..., hit] = swath[..., gy[hit] - 1, gx[hit] - 1]
+    return out
 
 
 @dataclass
@@ -265,6 +321,7 @@ def ingest(
     gt_key: str | None = None,
     band_axis: str | None = None,
     drop_bands: str | None = None,
+    swath: bool = False,
     chunk: int = DEFAULT_CHUNK,
     compression: str = "none",
     overwrite: bool = False,
@@ -277,19 +334,25 @@ def ingest(
     if chunk < 1:
         raise InputError(f"--chunk must be positive, got {chunk}")
     ds = read_dataset(src, gt=gt, cube_key=cube_key, gt_key=gt_key, band_axis=band_axis,
-                      drop_bands=drop_bands, chunk=chunk)
+                      drop_bands=drop_bands, swath=swath, chunk=chunk)
     for line in ds[CUBE].attrs.get("hsad_warnings", []):
         print(f"[hsad] warning: {line}", file=sys.stderr)
     return write_cube(ds, dest, compression=compression, overwrite=overwrite)
 
 
 def read_dataset(src, *, gt=None, cube_key=None, gt_key=None, band_axis=None, drop_bands=None,
-                 chunk: int = DEFAULT_CHUNK) -> xr.Dataset:
+                 swath: bool = False, chunk: int = DEFAULT_CHUNK) -> xr.Dataset:
     """The lazy cube Dataset of a scene file, checked (:func:`band_survey`), nothing written;
-    the bands left out are one more line of ``hsad_warnings``."""
+    the bands left out are one more line of ``hsad_warnings``. ``swath``: drop a GLT (maps
+    stay in swath geometry)."""
     from hsad_scale.readers.dispatch import read_scene
 
     source = read_scene(src, cube_key=cube_key, gt_key=gt_key, gt_path=gt, band_axis=band_axis)
+    if source.glt is not None and (swath or source.ground_truth is not None):
+        if not swath:
+            source.notes.append("the ground truth is in swath geometry: maps are kept in swath "
+                                "geometry, not moved through the GLT")
+        source.glt = None
     survey = band_survey(source, drop_bands)
     if survey.summary():
         source.notes.append(survey.summary())

@@ -7,13 +7,14 @@ import numpy as np
 from hsad_scale import cube as cubes
 
 
-def describe(src, *, gt=None, cube_key=None, gt_key=None, band_axis=None, drop_bands=None) -> str:
+def describe(src, *, gt=None, cube_key=None, gt_key=None, band_axis=None, drop_bands=None,
+             swath: bool = False) -> str:
     """A few lines on the cube ingest would write from ``src``: format and layout decided,
     shape ``(band, y, x)``, bands kept and left out (and why), wavelength range (nm), CRS and
     transform, nodata, ground truth, and the readers' warnings. Reads the data once (to find
     all-nodata bands), writes nothing; InputError exactly when ingest would refuse."""
     ds = cubes.read_dataset(src, gt=gt, cube_key=cube_key, gt_key=gt_key, band_axis=band_axis,
-                            drop_bands=drop_bands)
+                            drop_bands=drop_bands, swath=swath)
     attrs = ds[cubes.CUBE].attrs
     n_bands, height, width = ds[cubes.CUBE].shape
     lines = [f"source      {src}",
@@ -38,6 +39,10 @@ def describe(src, *, gt=None, cube_key=None, gt_key=None, band_axis=None, drop_b
                      + (" (rotated: x/y coords are pixel indices)" if t.b or t.d else ""))
     else:
         lines.append("crs         none (pixel coordinates)")
+    if cubes.GLT_X in ds:
+        g = ds[cubes.GLT_X]
+        lines.append(f"glt         maps written on the orthorectified grid {g.shape[0]} x {g.shape[1]} "
+                     f"(GeoTransform {g.attrs['GeoTransform']}); --swath keeps swath geometry")
     if "scale_applied" in attrs:
         lines.append(f"scaling     stored x scale + offset applied (first band: x {attrs['scale_applied'][0]:g} "
                      f"+ {attrs['offset_applied'][0]:g})")

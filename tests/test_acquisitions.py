@@ -389,3 +389,93 @@ def test_inspect_prints_the_decisions_and_writes_nothing(capfd, tmp_path, hydice
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     path.with_suffix(".img").write_bytes(path.with_suffix(".img").read_bytes()[:-2])
     assert hsad("inspect", path) == 2
+
+
+# --- EMIT L2A --------------------------------------------------------------------------------
+
+EMIT_WKT = CRS.from_epsg(4326).to_wkt()
+EMIT_GEOTRANSFORM = (-118.5, 0.0005, 0.0, 34.2, 0.0, -0.0005)
+
+
+def emit_glt(rows, cols, height=26, width=36, angle=12.0):
+    """A GLT of a swath seen rotated by ``angle`` degrees on a ``height`` x ``width`` grid:
+    nearest swath pixel of each grid pixel (1-based), 0 outside the swath."""
+    i, j = np.meshgrid(np.arange(height) - height / 2, np.arange(width) - width / 2, indexing="ij")
+    a = np.radians(angle)
+    r = np.rint(np.cos(a) * i - np.sin(a) * j + rows / 2).astype(int)
+    c = np.rint(np.sin(a) * i + np.cos(a) * j + cols / 2).astype(int)
+    inside = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
+    return np.where(inside, c + 1, 0).astype(np.int32), np.where(inside, r + 1, 0).astype(np.int32)
+
+
+def write_emit_l2a(path, refl, good):
+    """EMIT L2A reflectance in its NetCDF structure: ``reflectance (downtrack, crosstrack,
+    bands)`` fill -9999, ``sensor_band_parameters/{wavelengths, fwhm, good_wavelengths}``,
+    ``location/{lat, lon, elev, glt_x, glt_y}``, root ``geotransform`` and ``spatial_ref``."""
+    rows, cols, bands = refl.shape
+    glt_x, glt_y = emit_glt(rows, cols)
+    with netCDF4.Dataset(path, "w") as nc:
+        for name, size in (("downtrack", rows), ("crosstrack", cols), ("bands", bands),
+                           ("ortho_y", glt_x.shape[0]), ("ortho_x", glt_x.shape[1])):
+            nc.createDimension(name, size)
+        nc.geotransform = np.array(EMIT_GEOTRANSFORM)
+        nc.spatial_ref = EMIT_WKT
+        nc.title = "EMIT L2A Estimated Surface Reflectance 60 m V001"
+        v = nc.createVariable("reflectance", "f4", ("downtrack", "crosstrack", "bands"), fill_value=-9999.0)
+        v[:] = refl
+        g = nc.createGroup("sensor_band_parameters")
+        g.createVariable("wavelengths", "f4", ("bands",))[:] = WAVELENGTH_NM[:bands]
+        g["wavelengths"].units = "nm"
+        g.createVariable("fwhm", "f4", ("bands",))[:] = 8.5
+        g.createVariable("good_wavelengths", "u1", ("bands",))[:] = good
+        loc = nc.createGroup("location")
+        for name in ("lat", "lon", "elev"):
+            loc.createVariable(name, "f8", ("downtrack", "crosstrack"), fill_value=-9999.0)[:] = 0.0
+        loc.createVariable("glt_x", "i4", ("ortho_y", "ortho_x"), fill_value=0)[:] = glt_x
+        loc.createVariable("glt_y", "i4", ("ortho_y", "ortho_x"), fill_value=0)[:] = glt_y
+    return glt_x, glt_y
+
+
+def test_emit_l2a_scores_on_the_glt_grid(tmp_path, hydice, client):
+    from hsad_scale.pipeline import run_detect
+
+    data, _ = hydice
+    refl = (data.astype(np.float32) / 10000).astype(np.float32)
+    refl[2, 3, :] = -9999.0  # a fill pixel
+    good = np.ones(162, np.uint8)
+    good[[0, 1, 100, 101, 102]] = 0  # EMIT's bad wavelengths
+    glt_x, glt_y = write_emit_l2a(tmp_path / "EMIT_L2A_RFL.nc", refl, good)
+    ortho = run_detect(tmp_path / "EMIT_L2A_RFL.nc", tmp_path / "ortho", client=client, quiet=True)
+    swath = run_detect(tmp_path / "EMIT_L2A_RFL.nc", tmp_path / "swath", client=client, quiet=True,
+                       ingest_options={"swath": True})
+    cube = cubes.open_cube(ortho / "cube.zarr")
+    kept = [b for b in range(162) if good[b]]
+    assert cube[cubes.CUBE].attrs["dropped_bands"] == [0, 1, 100, 101, 102]
+    np.testing.assert_allclose(cube["wavelength"].values, WAVELENGTH_NM[kept], rtol=1e-6)
+    values = cube[cubes.CUBE].values  # the cube itself is the swath: (band, downtrack, crosstrack)
+    assert np.isnan(values[:, 2, 3]).all()
+    np.testing.assert_array_equal(values[:, 0, :], np.transpose(refl, (2, 0, 1))[kept][:, 0, :])
+    s_swath = xr_open(swath / "scores.zarr")["score"].values
+    s_ortho = xr_open(ortho / "scores.zarr")["score"].values
+    assert s_swath.shape == (ROWS, COLS) and s_ortho.shape == glt_x.shape
+    hit = glt_x > 0
+    np.testing.assert_array_equal(s_ortho[hit], s_swath[glt_y[hit] - 1, glt_x[hit] - 1])
+    assert np.isnan(s_ortho[~hit]).all() and (~hit).any()
+    with rasterio.open(ortho / "scores.tif") as tif:
+        assert tif.crs == CRS.from_epsg(4326)
+        np.testing.assert_allclose(tif.transform.to_gdal(), EMIT_GEOTRANSFORM)
+        np.testing.assert_array_equal(tif.read(1), s_ortho)
+    assert not (swath / "scores.tif").exists()  # swath geometry has no affine
+    record = json.loads((ortho / "run.json").read_text())
+    assert record["ingest"]["dropped_bands"] == [0, 1, 100, 101, 102]
+
+
+def xr_open(path):
+    """A store opened as a user would: plain ``xr.open_zarr`` (consolidated metadata, CRS)."""
+    import warnings
+
+    import xarray as xr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # silently
+        return xr.open_zarr(path)

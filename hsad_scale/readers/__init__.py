@@ -22,6 +22,19 @@ import numpy as np
 
 
 @dataclass
+class GeoLookupTable:
+    """A geometry lookup table (GLT, as EMIT's ``location/glt_x``, ``glt_y``): the swath pixel
+    of each pixel of an orthorectified grid. ``x``/``y``: int32 ``(ortho_y, ortho_x)``, 1-based
+    crosstrack/downtrack indices, 0 where no swath pixel falls; ``crs`` WKT and ``transform``
+    (``affine.Affine``) of the orthorectified grid."""
+
+    x: np.ndarray
+    y: np.ndarray
+    crs: str
+    transform: Any
+
+
+@dataclass
 class SceneSource:
     cube: Any  # dask.array (band, y, x)
     ground_truth: np.ndarray | None = None
@@ -32,5 +45,6 @@ class SceneSource:
     attrs: dict = field(default_factory=dict)
     bad_bands: dict = field(default_factory=dict)  # source band index -> reason
     notes: list = field(default_factory=list)
+    glt: Any = None  # GeoLookupTable (EMIT location/glt_x, glt_y) or None
     band_scale: Any = None  # float64 (band,): physical = stored x scale + offset, or None
     band_offset: Any = None

@@ -78,7 +78,39 @@ def read_netcdf(path, cube_key: str | None = None, gt_key: str | None = None, *,
                   if k in var.attrs}},
     )
     source.band_scale, source.band_offset = _cf_scale(var, var.sizes[bdim])
+    source.glt = _glt(p, ds, (var.sizes[ydim], var.sizes[xdim]))
     return source
+
+
+def _glt(path, ds: xr.Dataset, swath_shape: tuple):
+    """EMIT's geometry lookup table (group ``location``: ``glt_x``, ``glt_y``; root attributes
+    ``geotransform`` (GDAL order) and ``spatial_ref`` (WKT)), or None; InputError when it
+    points outside the swath."""
+    from hsad_scale.readers import GeoLookupTable
+
+    loc = _try_open(path, "location")
+    if loc is None or "glt_x" not in loc.variables or "glt_y" not in loc.variables:
+        return None
+    if "geotransform" not in ds.attrs or "spatial_ref" not in ds.attrs:
+        return None
+    gx = np.asarray(loc["glt_x"].values).astype(np.int64)
+    gy = np.asarray(loc["glt_y"].values).astype(np.int64)
+    fill = [loc[k].attrs.get("_FillValue") for k in ("glt_x", "glt_y")]
+    for f, g in zip(fill, (gx, gy)):
+        if f is not None:
+            g[g == int(np.asarray(f).ravel()[0])] = 0
+    gx[gx < 0] = 0
+    gy[gy < 0] = 0
+    if gx.shape != gy.shape or gx.ndim != 2:
+        raise InputError(f"{path}: location/glt_x {gx.shape} and glt_y {gy.shape} are not one 2-D grid")
+    if gx.max() > swath_shape[1] or gy.max() > swath_shape[0]:
+        raise InputError(f"{path}: the GLT points outside the swath {swath_shape} (glt_y up to "
+                         f"{gy.max()}, glt_x up to {gx.max()})")
+    if not np.any((gx > 0) & (gy > 0)):
+        raise InputError(f"{path}: the GLT (location/glt_x, glt_y) maps no pixel")
+    t = [float(v) for v in np.asarray(ds.attrs["geotransform"]).ravel()]
+    return GeoLookupTable(x=gx.astype(np.int32), y=gy.astype(np.int32),
+                          crs=str(ds.attrs["spatial_ref"]), transform=Affine.from_gdal(*t))
 
 
 def _split_key(cube_key: str | None) -> tuple[str | None, str | None]:
