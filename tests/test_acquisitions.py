@@ -360,15 +360,50 @@ def test_netcdf_band_first_without_dim_names(capfd, tmp_path, hydice):
     np.testing.assert_array_equal(ds[cubes.GROUND_TRUTH].values, gt)
 
 
-def test_hdf5_group_path_as_cube_key(capfd, tmp_path, hydice):
-    """PRISMA-like: the cube inside HDF-EOS groups, stored (rows, bands, cols)."""
+PRISMA_VNIR = "HDFEOS/SWATHS/PRS_L2D_HCO/Data Fields/VNIR_Cube"
+
+
+def write_prisma_l2d(path, data_rcb):
+    """PRISMA L2D in its HDF-EOS structure: cubes ``(rows, bands, cols)`` uint16 in
+    ``HDFEOS/SWATHS/PRS_L2D_HCO/Data Fields``, wavelengths (nm), band flags and reflectance
+    scale in root attributes (``List_Cw_Vnir``, ``List_Cw_Vnir_Flags``, ``L2ScaleVnirMin/Max``)."""
+    bands = data_rcb.shape[2]
+    wl = WAVELENGTH_NM[:bands].copy()
+    flags = np.ones(bands, np.int8)
+    flags[[0, 5]] = 0
+    wl[0] = 0.0  # PRISMA lists 0 for a band it does not deliver
+    with h5py.File(path, "w") as f:
+        fields = "HDFEOS/SWATHS/PRS_L2D_HCO/Data Fields"
+        f[f"{fields}/VNIR_Cube"] = np.ascontiguousarray(np.transpose(data_rcb, (0, 2, 1)))
+        f[f"{fields}/SWIR_Cube"] = np.ascontiguousarray(np.transpose(data_rcb, (0, 2, 1)))
+        f["HDFEOS/SWATHS/PRS_L2D_HCO/Geolocation Fields/Latitude"] = np.zeros(data_rcb.shape[:2])
+        f.attrs["List_Cw_Vnir"] = wl.astype(np.float32)
+        f.attrs["List_Cw_Vnir_Flags"] = flags
+        f.attrs["L2ScaleVnirMin"] = 0.0
+        f.attrs["L2ScaleVnirMax"] = 2.0
+    return wl, flags
+
+
+def test_prisma_l2d_cube_by_group_path(capfd, tmp_path, hydice):
     data, _ = hydice
-    key = "HDFEOS/SWATHS/PRS_L2D_HCO/Data Fields/VNIR_Cube"
-    with h5py.File(tmp_path / "prs.he5", "w") as f:
-        f[key] = np.ascontiguousarray(np.transpose(data, (0, 2, 1)))
-        f["HDFEOS/SWATHS/PRS_L2D_HCO/Data Fields/SWIR_Cube"] = np.ascontiguousarray(np.transpose(data, (0, 2, 1)))
-    ds = ingested(tmp_path, tmp_path / "prs.he5", "--cube-key", key, "--band-axis", "middle")
-    assert_pixels(ds, data)
+    wl, flags = write_prisma_l2d(tmp_path / "PRS_L2D.he5", data)
+    refused(capfd, tmp_path, tmp_path / "PRS_L2D.he5", match=PRISMA_VNIR)  # VNIR or SWIR?
+    ds = ingested(tmp_path, tmp_path / "PRS_L2D.he5", "--cube-key", PRISMA_VNIR)
+    kept = [b for b in range(162) if flags[b]]
+    assert ds[cubes.CUBE].attrs["dropped_bands"] == [0, 5]
+    np.testing.assert_allclose(ds["wavelength"].values, wl[kept], rtol=1e-6)
+    reflectance = np.transpose(data, (2, 0, 1))[kept].astype(np.float32) * np.float32(2.0 / 65535)
+    np.testing.assert_allclose(ds[cubes.CUBE].values, reflectance, rtol=1e-6)
+
+
+def test_one_column_mat_scene(tmp_path, hydice):
+    data, gt = hydice
+    column = data.reshape(-1, 1, 162)
+    scipy.io.savemat(tmp_path / "col.mat", {"data": column, "map": gt.reshape(-1, 1)})
+    ds = ingested(tmp_path, tmp_path / "col.mat")
+    assert ds[cubes.CUBE].shape == (162, ROWS * COLS, 1)
+    assert_pixels(ds, column)
+    np.testing.assert_array_equal(ds[cubes.GROUND_TRUTH].values, gt.reshape(-1, 1))
 
 
 def test_inspect_prints_the_decisions_and_writes_nothing(capfd, tmp_path, hydice):

@@ -222,11 +222,14 @@ def _cube_name(mat: _MatFile, key: str | None) -> str:
 
 
 def _named_planes(mat: _MatFile, exclude: str) -> dict:
-    """2-D variables named like a ground truth ``{name: shape}`` (vectors excluded)."""
-    planes = {k: tuple(s) for k, s in mat.shapes.items()
-              if k != exclude and len(s) == 2 and min(s) > 1}
-    return {k: s for k, s in planes.items()
-            if k.lower() in GT_NAMES or any(h in k.lower() for h in GT_HINTS)}
+    """2-D variables named like a ground truth ``{name: shape}`` (vectors only when they fit
+    a spatial layout of the cube ``exclude``)."""
+    cube = mat.shapes[exclude]
+    named = {k: tuple(s) for k, s in mat.shapes.items() if k != exclude and len(s) == 2
+             and (k.lower() in GT_NAMES or any(h in k.lower() for h in GT_HINTS))}
+    # a named vector is a ground truth only when it is the image of a one-line scene
+    return {k: s for k, s in named.items()
+            if min(s) > 1 or any(spatial_shape(cube, a) == s for a in range(3))}
 
 
 def _gt_name(mat: _MatFile, shape: tuple, exclude: str) -> str | None:

@@ -46,6 +46,7 @@ def read_netcdf(path, cube_key: str | None = None, gt_key: str | None = None, *,
     like ``gt`` (or ``gt_key``); CRS/transform only when the variable has a CF ``grid_mapping``.
     """
     p = existing_file(path)
+    cube_key = cube_key or _only_hdf5_cube(p)
     group, key = _split_key(cube_key)
     ds = _open(p, group)
     name = _cube_name(ds, key, p)
@@ -53,6 +54,9 @@ def read_netcdf(path, cube_key: str | None = None, gt_key: str | None = None, *,
     where = f"'{cube_key or name}' in {p}"
     truths = _truth_shapes(ds, var, gt_key, truth_shape, p)
     waves = _wavelength_sizes(p, ds, var)
+    prisma = _prisma_bands(p, cube_key)
+    if prisma is not None:
+        waves[prisma["list"]] = prisma["wavelength"].size
     axis, evidence = decide_band_axis(var.shape, where, band_axis=user_band_axis(band_dim, var.dims),
                                       truth_shapes=truths, wavelength_sizes=waves,
                                       named_axes=_named_axes(var))
@@ -79,7 +83,84 @@ def read_netcdf(path, cube_key: str | None = None, gt_key: str | None = None, *,
     )
     source.band_scale, source.band_offset = _cf_scale(var, var.sizes[bdim])
     source.glt = _glt(p, ds, (var.sizes[ydim], var.sizes[xdim]))
+    if prisma is not None and prisma["wavelength"].size == var.sizes[bdim]:
+        _apply_prisma(source, prisma)
     return source
+
+
+def _only_hdf5_cube(path) -> str | None:
+    """The HDF5 path of the only 3-D numeric dataset of a file whose root holds none (HDF-EOS
+    products such as PRISMA keep cubes in groups); None when the root has one or the file is
+    not HDF5; InputError listing the paths when there are several."""
+    import h5py
+
+    try:
+        if not h5py.is_hdf5(str(path)):
+            return None
+        found = []
+        with h5py.File(path, "r") as f:
+            if any(isinstance(v, h5py.Dataset) and v.ndim == 3 for v in f.values()):
+                return None
+            f.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset)
+                         and obj.ndim == 3 and obj.dtype.kind in "biuf" else None)
+    except OSError:
+        return None  # unreadable: _open says why
+    if len(found) > 1:
+        raise InputError(f"several 3-D datasets in {path} ({', '.join(found)}): pass --cube-key "
+                         f"with one of these paths")
+    return found[0] if found else None
+
+
+#: PRISMA L2 root attributes per cube: wavelength list, its flags, reflectance scale min/max.
+PRISMA_ATTRS = {"vnir": ("List_Cw_Vnir", "List_Cw_Vnir_Flags", "L2ScaleVnirMin", "L2ScaleVnirMax"),
+                "swir": ("List_Cw_Swir", "List_Cw_Swir_Flags", "L2ScaleSwirMin", "L2ScaleSwirMax")}
+
+
+def _prisma_bands(path, cube_key: str | None) -> dict | None:
+    """PRISMA L2 band metadata of the VNIR or SWIR cube named by ``cube_key`` (root
+    attributes ``List_Cw_Vnir``, ``List_Cw_Vnir_Flags``, ``L2ScaleVnirMin``/``Max``, and the
+    SWIR ones), or None for other files."""
+    import h5py
+
+    if cube_key is None:
+        return None
+    kind = "vnir" if "vnir" in cube_key.lower() else "swir" if "swir" in cube_key.lower() else None
+    if kind is None:
+        return None
+    wl_name, flag_name, lo_name, hi_name = PRISMA_ATTRS[kind]
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+    except OSError:
+        return None
+    if wl_name not in attrs:
+        return None
+    out = {"list": wl_name, "wavelength": np.asarray(attrs[wl_name], dtype=np.float64).ravel()}
+    if flag_name in attrs:
+        out["flags"] = (flag_name, np.asarray(attrs[flag_name]).ravel())
+    if lo_name in attrs and hi_name in attrs:
+        out["scale"] = (float(np.ravel(attrs[lo_name])[0]), float(np.ravel(attrs[hi_name])[0]))
+    return out
+
+
+def _apply_prisma(source: SceneSource, prisma: dict) -> None:
+    """Wavelengths (nm), flagged-off bands and the L2 reflectance scaling of a PRISMA cube:
+    reflectance = DN / 65535 x (max - min) + min (PRISMA Product Specification)."""
+    w = prisma["wavelength"]
+    if "flags" in prisma:
+        name, flags = prisma["flags"]
+        if flags.size == w.size:
+            source.bad_bands.update({int(i): f"{name} = 0 (PRISMA)" for i in np.flatnonzero(flags == 0)})
+    usable = w > 0
+    if usable.all():
+        source.wavelength = w
+    else:  # flagged-off bands carry wavelength 0: the rest is still a wavelength in nm
+        source.bad_bands.update({int(i): f"{prisma['list']} = 0 (PRISMA)" for i in np.flatnonzero(~usable)})
+        source.wavelength = np.where(usable, w, np.nan)
+    if "scale" in prisma:
+        lo, hi = prisma["scale"]
+        n = w.size
+        source.band_scale, source.band_offset = np.full(n, (hi - lo) / 65535.0), np.full(n, lo)
 
 
 def _glt(path, ds: xr.Dataset, swath_shape: tuple):
