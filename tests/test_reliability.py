@@ -79,3 +79,60 @@ def test_undecodable_chunk_of_a_compressed_store_is_refused(tmp_path):
     proc = hsad("detect", store, "--out", tmp_path / "run")
     assert_refused(proc, "cube/c/0/1/0", "cannot be decoded")
     assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.*"))
+
+
+# --- 2. concurrent runs, existing results --------------------------------------------------
+
+def test_two_runs_into_one_destination_give_exactly_one_success(cube, tmp_path):
+    out = tmp_path / "run"
+    procs = [subprocess.Popen([*CLI, "detect", str(cube), "--out", str(out)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=180), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, err in results if code == 2)
+    line = error_lines(refused)
+    assert len(line) == 1 and ("is writing" in line[0] or "already exists" in line[0]), refused
+    assert (out / "run.json").is_file() and (out / "scores.zarr").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary, no lock file left
+
+
+def test_lock_held_by_a_live_run_refuses_and_keeps_the_destination(cube, tmp_path):
+    from hsad_scale.atomic import destination_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("old results")
+    before = snapshot(tmp_path)
+    with destination_lock(out):  # as a run writing it now would
+        before = snapshot(tmp_path)
+        proc = hsad("detect", cube, "--out", out, "--overwrite")
+        assert_refused(proc, "is writing", str(out))
+        assert snapshot(tmp_path) == before
+
+
+def test_final_rename_never_replaces_a_destination_that_appeared(tmp_path):
+    from hsad_scale.atomic import atomic_path
+    from hsad_scale.errors import InputError
+
+    dest = tmp_path / "result.json"
+    with pytest.raises(InputError, match="appeared"):
+        with atomic_path(dest) as tmp:
+            tmp.write_text("new")
+            dest.write_text("written by someone else meanwhile")
+    assert dest.read_text() == "written by someone else meanwhile"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+
+
+def test_evaluate_json_keeps_an_existing_file_without_overwrite(cube, tmp_path):
+    import json
+
+    scores = tmp_path / "scores.npy"
+    np.save(scores, np.random.default_rng(0).random((64, 48)).astype(np.float32))
+    target = tmp_path / "m.json"
+    target.write_text("precious")
+    assert_refused(hsad("evaluate", scores, cube, "--json", target), "already exists")
+    assert target.read_text() == "precious"
+    proc = hsad("evaluate", scores, cube, "--json", target, "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert 0.0 <= json.loads(target.read_text())["auc"] <= 1.0
