@@ -140,6 +140,10 @@ def _evaluate(args) -> None:
     from hsad_scale.evaluate import metrics_from_counts
     from hsad_scale.tiles import map_roc_counts
 
+    if args.json:  # an existing file is kept unless --overwrite: checked before any work
+        from hsad_scale.atomic import check_destination
+
+        check_destination(args.json, args.overwrite)
     scores = _load_map(args.scores, args.variable)
     if Path(args.gt).is_dir():
         truth = _load_map(args.gt, "ground_truth")
@@ -152,9 +156,12 @@ def _evaluate(args) -> None:
     for key, value in result.items():
         print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
     if args.json:
-        from hsad_scale.outputs import write_json
+        import json
 
-        write_json(Path(args.json), result)
+        from hsad_scale.atomic import write_file_atomic
+        from hsad_scale.stats import _jsonable
+
+        write_file_atomic(args.json, json.dumps(result, indent=2, default=_jsonable) + "\n", args.overwrite)
 
 
 def _load_map(path: str, variable: str):
@@ -262,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt-key", help="variable holding the ground truth in a .mat file")
     p.add_argument("--variable", default="score", help="variable of a Zarr score store (default score)")
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(run=_evaluate)
 
     p = sub.add_parser("synth", help="generate a synthetic scene with implanted sub-pixel targets")

@@ -368,7 +368,9 @@ def write_cube(ds: xr.Dataset, dest: str | Path, *, compression: str = "none", o
     n_bands = ds.sizes["band"]
     chunks = (n_bands, *ds[CUBE].data.chunksize[1:])
     kept = {k: v for k, v in ds[CUBE].encoding.items() if k == "grid_mapping"}  # rioxarray's CRS link
-    encoding = {CUBE: {**kept, "chunks": chunks, "compressors": _compressors(compression)}}
+    # every chunk written, even one of invalid (NaN = fill value) pixels only: a missing chunk
+    # file then always means an incomplete store (chunk_reader refuses it)
+    encoding = {CUBE: {**kept, "chunks": chunks, "compressors": _compressors(compression), "write_empty_chunks": True}}
     list_coordinates(ds)
     with atomic_path(dest, overwrite) as tmp:
         with warnings.catch_warnings():  # Zarr 3: consolidated metadata is not in its spec yet
