@@ -514,3 +514,53 @@ def xr_open(path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # silently
         return xr.open_zarr(path)
+
+
+def test_terminal_stays_quiet(tmp_path, hydice):
+    """A header with upper-case keys (Spectral Python warns over several lines), band numbers
+    as wavelengths and a float64 source with values beyond float32: only ``[hsad]`` lines."""
+    import subprocess
+    import sys
+
+    data, _ = hydice
+    cube = data.astype(np.float64)
+    cube[0, 0, 0] = 1e300  # overflows float32: an invalid pixel, not a numpy warning
+    path = write_envi(tmp_path / "s.img", cube, dtype="<f8", data_type=5,
+                      wl="Wavelength Units = Unknown\nWavelength = {"
+                         + ", ".join(str(i) for i in range(1, 163)) + "}\n")
+    run = subprocess.run([sys.executable, "-m", "hsad_scale.cli", "ingest", str(path), str(tmp_path / "c.zarr")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    assert all(line.startswith("[hsad] ") for line in lines), lines
+    assert sum(line.startswith("[hsad] warning:") for line in lines) == 1
+    values = cubes.open_cube(tmp_path / "c.zarr")[cubes.CUBE].values
+    assert np.isnan(values[:, 0, 0]).all() and not np.isnan(values[:, 0, 1]).any()
+
+
+def test_enmap_l2a_geotiff_with_metadata_xml(tmp_path, hydice):
+    """EnMAP L2A: ``...-SPECTRAL_IMAGE.TIF`` (int16, nodata -32768) and ``...-METADATA.XML``
+    with per-band wavelength, gain and offset."""
+    data, _ = hydice
+    name = "ENMAP01-____L2A-DT0000001867_20220724T104526Z_008_V010302_20230628T165614Z"
+    cube = np.transpose(data, (2, 0, 1)).astype(np.int16)
+    cube[:, 0, 0] = -32768
+    with rasterio.open(tmp_path / f"{name}-SPECTRAL_IMAGE.TIF", "w", driver="GTiff", width=COLS, height=ROWS,
+                       count=162, dtype="int16", nodata=-32768, crs=CRS.from_epsg(32633),
+                       transform=Affine(30, 0, 368000, 0, -30, 5810000)) as dst:
+        dst.write(cube)
+    gain = np.full(162, 1e-4)
+    offset = np.linspace(0.0, 0.01, 162)
+    band_xml = "".join(
+        f'<bandID number="{b + 1}"><wavelengthCenterOfBand>{WAVELENGTH_NM[b]}</wavelengthCenterOfBand>'
+        f"<FWHMOfBand>8.0</FWHMOfBand><GainOfBand>{gain[b]}</GainOfBand><OffsetOfBand>{offset[b]}</OffsetOfBand></bandID>"
+        for b in range(162))
+    (tmp_path / f"{name}-METADATA.XML").write_text(
+        f'<?xml version="1.0" encoding="UTF-8"?><level_X><specific><bandCharacterisation>{band_xml}'
+        f"</bandCharacterisation></specific></level_X>")
+    ds = ingested(tmp_path, tmp_path / f"{name}-SPECTRAL_IMAGE.TIF")
+    np.testing.assert_allclose(ds["wavelength"].values, WAVELENGTH_NM)
+    expected = cube.astype(np.float32) * gain.astype(np.float32)[:, None, None] + offset.astype(np.float32)[:, None, None]
+    expected[:, 0, 0] = np.nan
+    np.testing.assert_allclose(ds[cubes.CUBE].values, expected, rtol=1e-6)
+    assert ds.rio.crs.to_epsg() == 32633

@@ -158,7 +158,56 @@ def read_geotiff(path) -> SceneSource:
     wavelengths in nm from per-band ``wavelength`` tags, GDAL's IMAGERY
     ``CENTRAL_WAVELENGTH_UM``, a dataset ``wavelength`` list tag, or numeric band descriptions.
     """
-    return raster_source(existing_file(path), "GeoTIFF")
+    p = existing_file(path)
+    source = raster_source(p, "GeoTIFF")
+    xml = enmap_metadata_file(p)
+    if xml is not None:
+        apply_enmap_metadata(source, xml)
+    return source
+
+
+def enmap_metadata_file(path: Path) -> Path | None:
+    """The EnMAP ``...-METADATA.XML`` next to a ``...-SPECTRAL_IMAGE.TIF``, or None."""
+    stem = path.stem
+    if "SPECTRAL_IMAGE" not in stem.upper():
+        return None
+    i = stem.upper().index("SPECTRAL_IMAGE")
+    for ext in (".XML", ".xml"):
+        candidate = path.with_name(stem[:i] + "METADATA" + ext)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def apply_enmap_metadata(source: SceneSource, xml_path: Path) -> None:
+    """Wavelengths (nm) and per-band gain/offset of an EnMAP product from its METADATA.XML
+    (``specific/bandCharacterisation/bandID``: ``wavelengthCenterOfBand``, ``GainOfBand``,
+    ``OffsetOfBand``; EnMAP L1B/L1C/L2A product specification): physical = DN x gain + offset.
+    InputError when the XML is unreadable or lists another number of bands."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (ET.ParseError, OSError) as e:
+        raise InputError(f"cannot read EnMAP metadata {xml_path}: {one_line(e)}") from e
+    bands = root.findall("specific/bandCharacterisation/bandID")
+    n = source.cube.shape[0]
+    if not bands:
+        return
+    if len(bands) != n:
+        raise InputError(f"EnMAP metadata {xml_path} describes {len(bands)} bands, the image has {n}")
+    try:
+        wl = np.array([float(b.findtext("wavelengthCenterOfBand")) for b in bands])
+        gain = np.array([float(b.findtext("GainOfBand", "1")) for b in bands])
+        offset = np.array([float(b.findtext("OffsetOfBand", "0")) for b in bands])
+    except (TypeError, ValueError) as e:
+        raise InputError(f"EnMAP metadata {xml_path}: band values are not numbers: {one_line(e)}") from e
+    source.wavelength = wavelength_nm(wl, "nm")
+    source.attrs["metadata"] = str(xml_path)
+    if source.band_scale is not None:
+        source.notes.append(f"{xml_path.name}: the GeoTIFF's own scale/offset used, not the XML gains")
+    elif np.any(gain != 1) or np.any(offset != 0):
+        source.band_scale, source.band_offset = gain, offset
 
 
 def typed_nodata(value, dtype):
