@@ -191,6 +191,7 @@ def test_too_few_bands_or_no_valid_pixel(capfd, tmp_path, hydice):
     (", ".join(str(i) for i in range(1, 163)), None),  # band numbers without units
     (", ".join(f"{w:.3f}" for w in WAVELENGTH_NM), "Unknown"),  # nm-like, units not stated
     (", ".join(f"{w / 1000:.6f}" for w in WAVELENGTH_NM), "Unknown"),  # µm-like: no guess
+    (", ".join(f"{w:.3f}" for w in WAVELENGTH_NM), "Micrometers"),  # nm values, wrong unit
 ])
 def test_wavelengths_with_unknown_units_are_not_wavelengths(capfd, tmp_path, hydice, wl_text, units):
     data, _ = hydice
@@ -305,9 +306,13 @@ def test_truncated_or_corrupt_files_are_named(capfd, tmp_path, hydice):
         for name, size in zip(("y", "x", "bands"), data.shape):
             nc.createDimension(name, size)
         nc.createVariable("reflectance", "u2", ("y", "x", "bands"))[:] = data
+    with netCDF4.Dataset(tmp_path / "t3.nc", "w", format="NETCDF3_CLASSIC") as nc:  # raw: read as fill
+        for name, size in zip(("y", "x", "bands"), data.shape):
+            nc.createDimension(name, size)
+        nc.createVariable("reflectance", "i2", ("y", "x", "bands"))[:] = data.astype(np.int16)
     scipy.io.savemat(tmp_path / "t.mat", {"data": data, "map": gt})
     write_mat73(tmp_path / "t73.mat", {"data": data, "map": gt})
-    for name in ("t.tif", "t.nc", "t.mat", "t73.mat"):
+    for name in ("t.tif", "t.nc", "t3.nc", "t.mat", "t73.mat"):
         path = _truncate(tmp_path / name)
         line = refused(capfd, tmp_path, path)
         assert str(path) in line
@@ -564,3 +569,16 @@ def test_enmap_l2a_geotiff_with_metadata_xml(tmp_path, hydice):
     expected[:, 0, 0] = np.nan
     np.testing.assert_allclose(ds[cubes.CUBE].values, expected, rtol=1e-6)
     assert ds.rio.crs.to_epsg() == 32633
+
+
+def test_drop_bands_on_a_cube_store(tmp_path, hydice, client):
+    from hsad_scale.pipeline import run_detect
+
+    data, _ = hydice
+    store = tmp_path / "c.zarr"
+    assert hsad("ingest", write_envi(tmp_path / "s.img", data), store) == 0
+    run = run_detect(store, tmp_path / "run", client=client, quiet=True,
+                     ingest_options={"drop_bands": "0-9,1350-1450nm"})
+    record = json.loads((run / "run.json").read_text())
+    assert record["shape"]["band"] == 162 - 10 - 8
+    assert record["ingest"]["warnings"][-1].startswith("--drop-bands: store bands 0-9, ")

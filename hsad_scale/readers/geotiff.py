@@ -65,7 +65,7 @@ def wavelength_nm(values, units: str | None = None) -> np.ndarray | None:
     ``units`` (nm, µm, micrometers, mm, wavenumber cm-1, ...) decides the conversion. Any
     other stated unit (ENVI's default ``Unknown``, ``Index``, ...) gives None: band numbers
     written into a ``wavelength`` field are not wavelengths, and no magnitude rule tells them
-    apart. Without a unit, band numbers (consecutive integers) give None, values of 0.2-20
+    apart, and neither do converted values outside 100-25000 nm (a wrong unit). Without a unit, band numbers (consecutive integers) give None, values of 0.2-20
     are taken as µm and values of 200-20000 as nm; anything else gives None.
     """
     w = np.asarray(values, dtype=np.float64).ravel()
@@ -73,9 +73,9 @@ def wavelength_nm(values, units: str | None = None) -> np.ndarray | None:
         return None
     u = (units or "").strip().lower().replace("_", " ")
     if u in _TO_NM:
-        return w * _TO_NM[u]
+        return _plausible(w * _TO_NM[u])
     if u.startswith("wavenumber") or u in ("cm-1", "cm^-1", "1/cm"):
-        return 1e7 / w if np.all(w > 0) else None
+        return _plausible(1e7 / w) if np.all(w > 0) else None
     if u or _band_numbers(w):
         return None
     if w.min() >= 0.2 and w.max() <= 20:
@@ -83,6 +83,16 @@ def wavelength_nm(values, units: str | None = None) -> np.ndarray | None:
     if w.min() >= 200 and w.max() <= 20000:
         return w
     return None
+
+
+#: Wavelengths (nm) of imaging spectrometers, UV to thermal infrared: a converted value
+#: outside this range means the stated unit is wrong (nm written as µm, or the reverse).
+PLAUSIBLE_NM = (100.0, 25000.0)
+
+
+def _plausible(nm: np.ndarray) -> np.ndarray | None:
+    """``nm`` when every value is a plausible sensor wavelength, else None."""
+    return nm if nm.min() >= PLAUSIBLE_NM[0] and nm.max() <= PLAUSIBLE_NM[1] else None
 
 
 def wavelength_note(values, units: str | None, where: str) -> str:

@@ -46,6 +46,7 @@ def read_netcdf(path, cube_key: str | None = None, gt_key: str | None = None, *,
     like ``gt`` (or ``gt_key``); CRS/transform only when the variable has a CF ``grid_mapping``.
     """
     p = existing_file(path)
+    check_classic_size(p)
     cube_key = cube_key or _only_hdf5_cube(p)
     group, key = _split_key(cube_key)
     ds = _open(p, group)
@@ -86,6 +87,29 @@ def read_netcdf(path, cube_key: str | None = None, gt_key: str | None = None, *,
     if prisma is not None and prisma["wavelength"].size == var.sizes[bdim]:
         _apply_prisma(source, prisma)
     return source
+
+
+def check_classic_size(path) -> None:
+    """InputError when a classic NetCDF file (CDF-1/CDF-2) is shorter than its header says:
+    the netCDF library reads the missing part as fill values, silently. The header is parsed
+    by scipy with the file memory-mapped (no data read): a variable's bytes beyond the end of
+    the file fail to map."""
+    import warnings
+
+    import scipy.io
+
+    with open(path, "rb") as f:
+        if f.read(4) not in (b"CDF\x01", b"CDF\x02"):
+            return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy warns when mapped arrays outlive the file
+            scipy.io.netcdf_file(path, "r", mmap=True).close()
+    except ValueError as e:
+        raise InputError(f"NetCDF file {path} is smaller than its header describes (truncated "
+                         f"download or copy?): {one_line(e, 120)}") from None
+    except (TypeError, OSError, IndexError):
+        return  # a header scipy does not parse: the netCDF library says what is wrong
 
 
 def _only_hdf5_cube(path) -> str | None:
