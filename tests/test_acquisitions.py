@@ -214,7 +214,7 @@ def test_micrometre_units_become_nm(tmp_path, hydice):
     np.testing.assert_allclose(ds["wavelength"].values, WAVELENGTH_NM, rtol=1e-6)
 
 
-def test_rotated_map_info_keeps_the_full_affine(tmp_path, hydice):
+def test_rotated_map_info_keeps_the_full_affine(tmp_path, hydice, client):
     """AVIRIS-NG style ``map info`` with ``rotation=``: no 1-D x/y coordinate is a pixel centre,
     so x/y are pixel indices and the affine (rotation included) is kept whole."""
     data, _ = hydice
@@ -230,6 +230,12 @@ def test_rotated_map_info_keeps_the_full_affine(tmp_path, hydice):
     np.testing.assert_array_equal(ds.x.values, np.arange(COLS))
     np.testing.assert_array_equal(ds.y.values, np.arange(ROWS))
     assert_pixels(ds, data)
+    from hsad_scale.pipeline import run_detect  # the maps carry the same rotated affine
+
+    run = run_detect(tmp_path / "cube.zarr", tmp_path / "run", client=client, quiet=True)
+    with rasterio.open(run / "scores.tif") as tif:
+        np.testing.assert_allclose(tif.transform[:6], t[:6], rtol=1e-12)
+    np.testing.assert_allclose(xr_open(run / "scores.zarr").rio.transform()[:6], t[:6], rtol=1e-12)
 
 
 # --- .mat ------------------------------------------------------------------------------------
