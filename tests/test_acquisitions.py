@@ -110,6 +110,17 @@ def test_envi_refusals(capfd, tmp_path, hydice, kind, kw, match):
     refused(capfd, tmp_path, path.with_suffix(".hdr"), match=match)  # the header given instead
 
 
+def test_complex_geotiff_and_mat_refused(capfd, tmp_path, hydice):
+    data, _ = hydice
+    z = (data[:, :, :8] + 1j * data[:, :, :8]).astype(np.complex64)
+    with rasterio.open(tmp_path / "c.tif", "w", driver="GTiff", width=COLS, height=ROWS, count=8,
+                       dtype="complex64") as dst:
+        dst.write(np.transpose(z, (2, 0, 1)))
+    refused(capfd, tmp_path, tmp_path / "c.tif", match="complex")
+    scipy.io.savemat(tmp_path / "c.mat", {"data": z})
+    refused(capfd, tmp_path, tmp_path / "c.mat", match="complex")
+
+
 @pytest.mark.parametrize("interleave", ["bsq", "bil", "bip"])
 def test_envi_every_interleave_is_the_source_pixels(tmp_path, hydice, interleave):
     data, _ = hydice

@@ -119,6 +119,9 @@ def raster_source(path, fmt: str = "raster") -> SceneSource:
                 if src.count < 2:
                     raise InputError(f"{path} holds a 2-D (single-band) image, not a "
                                      f"hyperspectral cube (band, y, x)")
+                if np.dtype(src.dtypes[0]).kind == "c":
+                    raise InputError(f"{path} holds complex values ({src.dtypes[0]}): not reflectance "
+                                     f"or radiance (take the magnitude or real part first)")
                 crs = src.crs.to_wkt() if src.crs else None
                 transform = src.transform
                 nodata = typed_nodata(src.nodata, src.dtypes[0])

@@ -328,12 +328,18 @@ def _cube_name(ds: xr.Dataset, key: str | None, path) -> str:
     if key is not None:
         if key not in ds.variables:
             raise InputError(f"variable '{key}' not found in {path}; variables: {_listing(ds)}")
+        if ds[key].dtype.kind not in "biuf":
+            raise InputError(f"'{key}' in {path} holds {ds[key].dtype} values, not real numbers")
         if ds[key].ndim != 3:
             raise InputError(f"'{key}' in {path} has dims {ds[key].dims}: a 2-D (single-band) "
                              f"image is not a cube" if ds[key].ndim == 2 else
                              f"'{key}' in {path} has dims {ds[key].dims}, expected 3")
         return key
     cubes = [k for k, v in ds.data_vars.items() if v.ndim == 3 and v.dtype.kind in "biuf"]
+    complex_cubes = [k for k, v in ds.data_vars.items() if v.ndim == 3 and v.dtype.kind == "c"]
+    if not cubes and complex_cubes:
+        raise InputError(f"'{complex_cubes[0]}' in {path} holds complex values: not reflectance or "
+                         f"radiance (take the magnitude or real part first)")
     if len(cubes) != 1:
         what = f"several 3-D variables ({', '.join(cubes)})" if cubes else "no 3-D data variable"
         raise InputError(f"{what} in {path}; pass cube_key (variables: {_listing(ds)})")
