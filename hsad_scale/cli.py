@@ -49,6 +49,9 @@ def _detect_flow(args) -> None:
     from hsad_scale.atomic import check_destination
 
     check_destination(args.out, args.overwrite)  # bad input fails before Prefect starts
+    if args.band_axis or args.drop_bands or args.swath:
+        raise InputError("--band-axis, --drop-bands and --swath are not passed to the detect flow yet: "
+                         "run without --flow, or ingest first (hsad ingest ... --drop-bands ...)")
     if not Path(args.src).exists():
         raise InputError(f"{args.src} does not exist")
     from flows import local_run, start_prefect

@@ -270,6 +270,8 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         # first: bad input fails before a cluster starts
         cube_path = stage.run("ingest", prepare_cube, src, tmp, **(ingest_options or {}))
         cube_ds = cubes.open_cube(cube_path)
+        if Path(cube_path) == Path(src):  # a cube store given: --drop-bands still applies
+            cube_ds = cubes.store_bands(cube_ds, **(ingest_options or {}))
         if client is None:
             _start_importing_learned(options)
             client = stack.enter_context(cluster.dask_client(dask_address))
