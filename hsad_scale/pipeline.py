@@ -13,6 +13,7 @@ import xarray as xr
 
 from hsad_scale import cluster, cube as cubes, evaluate, outputs, plots, report
 from hsad_scale.atomic import atomic_path, check_destination
+from hsad_scale.checks import check_detect_inputs, saved_method  # noqa: F401 (saved_method: re-exported)
 from hsad_scale.errors import InputError
 from hsad_scale.stats import BackgroundStats, whitener
 from hsad_scale.tiles import background_stats, map_roc_counts, score_map
@@ -124,24 +125,6 @@ def load_rx_stats(path: str | Path) -> BackgroundStats:
     raise InputError(f"no RX statistics (rx_stats.npz) found in {path}")
 
 
-def saved_method(path: str | Path) -> str:
-    """The detector a saved model is for: ``rx`` (``rx_stats.npz``) or the ``kind`` of the
-    AE/VAE in its ``model.json`` (a run folder, its ``model/`` or one model folder)."""
-    import json
-
-    path = Path(path)
-    for folder in (path, path / "model"):
-        if folder.is_file() or (folder / "rx_stats.npz").is_file():
-            return "rx"
-        for model_json in [folder / "model.json", *sorted(folder.glob("run-*/model.json"))][:2]:
-            if model_json.is_file():
-                try:
-                    return json.loads(model_json.read_text())["config"]["kind"]
-                except (ValueError, KeyError, TypeError):
-                    raise InputError(f"{model_json} is not a saved hsad model") from None
-    raise InputError(f"no saved model in {path} (expected rx_stats.npz, model.json or run-*/model.json)")
-
-
 def rx_scores(cube: xr.DataArray, model) -> xr.Dataset:
     """Lazy RX score map as a Dataset with variable ``score`` ``(y, x)``."""
     score = score_map(cube, model.mahalanobis, name="score-tile")
@@ -229,7 +212,11 @@ def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, cl
         stats.save(run_dir / "model" / "rx_stats.npz")
         return rx_scores(cube, model), {"background": {"pixels": stats.count, **model.describe()}}
     if options.model:
-        models = _learned().load_models(options.model)
+        try:  # checked before the cluster started (checks.check_saved_model): this is a last guard
+            models = _learned().load_models(options.model)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(f"the saved model {options.model} cannot be loaded: "
+                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
         config, workers = models[0].config, []
         sample = pixels = stage.run("sample", _learned().sample_pixels, cube, config.max_train_pixels,
                                     seed=config.seed)
@@ -254,10 +241,11 @@ def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, cl
 def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: bool = False,
                dask_address: str | None = None, client=None, quiet: bool = False,
                ingest_options: dict | None = None, stage: Stages | None = None,
-               record_extra: dict | None = None) -> Path:
+               record_extra: dict | None = None, dashboard_address: str | None = None) -> Path:
     """Run one detection end to end into ``out`` (written whole, or not at all). ``stage``
     runs (and times) each stage (the detect flow passes one that makes them Prefect tasks);
-    ``record_extra`` is added to ``run.json``."""
+    ``record_extra`` is added to ``run.json``; ``dashboard_address``: where a LocalCluster's
+    dashboard listens (default 127.0.0.1:8787, see :func:`cluster.dask_client`)."""
     options = options or DetectOptions()
     out = check_destination(out, overwrite)
     if not Path(src).exists():
@@ -270,9 +258,12 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         # first: bad input fails before a cluster starts
         cube_path = stage.run("ingest", prepare_cube, src, tmp, **(ingest_options or {}))
         cube_ds = cubes.open_cube(cube_path)
+        # the scene's size, the network against memory, a saved model against the bands: before any cluster
+        check_detect_inputs(options.method, options.metrics, learned_config(options), options.model,
+                            tuple(cube_ds[cubes.CUBE].shape))
         if client is None:
             _start_importing_learned(options)
-            client = stack.enter_context(cluster.dask_client(dask_address))
+            client = stack.enter_context(cluster.dask_client(dask_address, dashboard_address=dashboard_address))
         link = cluster.dashboard_link(client)
         if link and not quiet:
             print(f"[hsad] Dask dashboard: {link}", file=sys.stderr)

@@ -136,3 +136,147 @@ def test_evaluate_json_keeps_an_existing_file_without_overwrite(cube, tmp_path):
     proc = hsad("evaluate", scores, cube, "--json", target, "--overwrite")
     assert proc.returncode == 0, proc.stderr
     assert 0.0 <= json.loads(target.read_text())["auc"] <= 1.0
+
+
+# --- 3. every user-caused failure: exit 2, one line, before any cluster starts -------------
+
+def _model_folder(folder: Path, bands: int, weights: bool = True, **config) -> Path:
+    """A saved AE model folder as ``hsad detect`` writes it (model.json + model.safetensors
+    with as many float32 values as the settings give), written without PyTorch."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from hsad_scale.checks import network_parameters
+    from hsad_scale.detectors.ae_config import FORMAT_VERSION, PRESETS
+
+    settings = {**PRESETS["default-ae"].to_dict(), "members": 1, **config}
+    folder.mkdir(parents=True)
+    meta = {"format_version": FORMAT_VERSION, "bands": bands, "config": settings,
+            "scaling": {"mode": "standardise", "offset": [0.0] * bands, "scale": [1.0] * bands}}
+    (folder / "model.json").write_text(json.dumps(meta))
+    if weights:
+        from hsad_scale.detectors.ae_config import config_from_dict
+
+        n = network_parameters(config_from_dict(settings), bands)
+        save_file({"w": np.zeros(n, np.float32)}, str(folder / "model.safetensors"))
+    return folder
+
+
+def _corrupt_model(tmp_path: Path) -> Path:
+    folder = _model_folder(tmp_path / "corrupt-model", 12)
+    (folder / "model.json").write_text('{"format_version": 1, "bands": ')
+    return folder
+
+
+def _huge_model(tmp_path: Path) -> Path:
+    folder = _model_folder(tmp_path / "huge-model", 12, weights=False, width=2**31, latent=2**30)
+    (folder / "model.safetensors").write_bytes(b"\0" * 64)
+    return folder
+
+
+def _truncated_weights(tmp_path: Path) -> Path:
+    folder = _model_folder(tmp_path / "truncated-weights", 12)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    return folder
+
+
+def _read_only_folder(tmp_path: Path) -> Path:
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    readonly.chmod(0o555)
+    return readonly
+
+
+def _file(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _refusal(case: str, tmp_path: Path) -> tuple[list, str]:
+    """Options of a refused detect command line (each writes its own input) and a word of its error."""
+    cases = {
+        "unknown metric": lambda: (["--method", "ae", "--metric", "resid-mahal,bogus"], "bogus"),
+        "metric for rx": lambda: (["--metric", "mse"], "--metric"),
+        "absurd widths": lambda: (["--method", "ae", "--set", "width=1000000000000", "--set", "latent=1000000000"],
+                                  "GiB"),
+        "config not a mapping": lambda: (["--method", "ae", "--config", _file(tmp_path / "l.yaml", b"- epochs: 3\n")],
+                                         "mapping"),
+        "config not UTF-8": lambda: (["--method", "vae", "--config",
+                                      _file(tmp_path / "latin1.yaml", "epochs: 3  # caf\xe9\n".encode("latin-1"))],
+                                     "UTF-8"),
+        "out in a read-only folder": lambda: (["--out", _read_only_folder(tmp_path) / "run"], "cannot write"),
+        "out under a file": lambda: (["--out", _file(tmp_path / "plain", b"x") / "run"], "not a folder"),
+        "garbage dask address": lambda: (["--dask-address", "not an address"], "scheduler address"),
+        "garbage dashboard address": lambda: (["--dashboard-address", "everywhere"], "HOST:PORT"),
+        "model without weights": lambda: (["--model", _model_folder(tmp_path / "nw", 12, weights=False)], "weights"),
+        "corrupt model.json": lambda: (["--model", _corrupt_model(tmp_path)], "not a saved hsad model"),
+        "model.json sizes beyond memory": lambda: (["--model", _huge_model(tmp_path)], "GiB"),
+        "model for another band count": lambda: (["--model", _model_folder(tmp_path / "b7", 7)], "7 bands"),
+        "truncated weights": lambda: (["--model", _truncated_weights(tmp_path)], "truncated"),
+        "bad choice": lambda: (["--method", "svm"], "invalid choice"),
+        "zero repeats": lambda: (["--method", "ae", "--repeats", "0"], "--repeats"),
+    }
+    return cases[case]()
+
+
+def _one_pixel_scene(tmp_path: Path, cube: Path) -> Path:
+    import xarray as xr
+
+    from hsad_scale.cube import write_cube
+
+    single = xr.open_zarr(cube, consolidated=False).isel(y=slice(0, 1), x=slice(0, 1)).chunk({"y": 1, "x": 1})
+    return write_cube(single, tmp_path / "one-pixel.zarr")
+
+
+REFUSALS = ["unknown metric", "metric for rx", "absurd widths", "config not a mapping", "config not UTF-8",
+            "out in a read-only folder", "out under a file", "garbage dask address", "garbage dashboard address",
+            "model without weights", "corrupt model.json", "model.json sizes beyond memory",
+            "model for another band count", "truncated weights", "1 x 1 scene", "bad choice", "zero repeats"]
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_refused_input_exits_2_at_once_and_writes_nothing(case, cube, tmp_path):
+    if case == "out in a read-only folder" and os.geteuid() == 0:
+        pytest.skip("root writes in read-only folders")
+    if case == "1 x 1 scene":
+        src, (extra, needle) = _one_pixel_scene(tmp_path, cube), ([], "1 x 1")
+    else:
+        src, (extra, needle) = cube, _refusal(case, tmp_path)
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "keep.txt").write_text("old results")
+    if "--out" not in extra:
+        extra = [*extra, "--out", out, "--overwrite"]
+    before = snapshot(tmp_path)
+    proc = hsad("detect", src, *extra, env={"TMPDIR": str(tmp_path / "existing")})
+    assert_refused(proc, needle)
+    assert "Dask dashboard" not in proc.stderr and "[hsad] " not in proc.stderr  # before any cluster or stage
+    assert snapshot(tmp_path) == before  # existing destination byte-identical, nothing else written
+
+
+def test_all_invalid_cube_exits_2(tmp_path):
+    import dask.array as da
+    import xarray as xr
+
+    from hsad_scale.cube import write_cube
+
+    nan = da.full((6, 24, 24), np.nan, dtype=np.float32, chunks=(6, 16, 16))
+    write_cube(xr.Dataset({"cube": (("band", "y", "x"), nan)}, coords={"y": np.arange(24), "x": np.arange(24)}),
+               tmp_path / "nan.zarr")
+    proc = hsad("detect", tmp_path / "nan.zarr", "--out", tmp_path / "run")
+    assert_refused(proc, "valid pixel")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.zarr"]
+
+
+@pytest.mark.parametrize("preset", ["default-ae", "default-vae", "study-ae", "study-ae-4l", "study-vae"])
+def test_network_size_check_counts_the_real_networks_parameters(preset):
+    """The memory check (made without PyTorch) counts what PyTorch builds."""
+    from hsad_scale.checks import network_parameters
+    from hsad_scale.detectors.ae_config import PRESETS
+    from hsad_scale.detectors.autoencoder import AENet
+
+    config = PRESETS[preset]
+    net = AENet(config, 23)
+    assert network_parameters(config, 23) == sum(p.numel() for p in net.parameters())
