@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from hsad_scale.errors import InputError
@@ -342,16 +345,57 @@ def main(argv: list[str] | None = None) -> int:
     return execute(build_parser().parse_args(argv))
 
 
-def execute(args: argparse.Namespace) -> int:
-    """Run parsed command line ``args``; return the exit status."""
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: raised in the main thread, so that every ``with`` block
+    unwinds (the cluster stops, temporary outputs are removed) before the command exits
+    with 128 + the signal's number (130, 143)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, frame) -> None:
+    import logging
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the clean-up runs once, uninterrupted
+        signal.signal(sig, signal.SIG_IGN)
+    # what the stopped cluster and its client log while they close (pending gathers cancelled,
+    # "Task exception was never retrieved") is no news: the command says it was interrupted
+    for name in ("asyncio", "distributed", "tornado"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the block (main thread only; the
+    previous handlers come back after it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        args.run(args)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def execute(args: argparse.Namespace) -> int:
+    """Run parsed command line ``args``; return the exit status: 0, 2 bad input, 1 internal
+    error, 130/143 interrupted by SIGINT/SIGTERM (temporary outputs removed)."""
+    try:
+        with _signals_interrupt():
+            args.run(args)
     except InputError as exc:
         print(f"hsad: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("hsad: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"hsad: interrupted by {signal.Signals(signum).name}: stopped, temporary output removed",
+              file=sys.stderr)
+        return 128 + signum
     except Exception as exc:  # an internal error: one line, traceback on --debug
         if args.debug:
             raise

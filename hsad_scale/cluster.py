@@ -58,7 +58,8 @@ def start_worker_server(modules: tuple[str, ...] = WORKER_MODULES) -> bool:
     before = {name: os.environ.get(name) for name in WORKER_ENV}
     os.environ.update({name: str(value) for name, value in WORKER_ENV.items()})
     try:
-        multiprocessing.get_context("forkserver").set_forkserver_preload(list(modules))
+        # workers ignore SIGINT (a terminal's Ctrl-C): the command stops them (hsad_scale.worker_signals)
+        multiprocessing.get_context("forkserver").set_forkserver_preload(["hsad_scale.worker_signals", *modules])
         forkserver.ensure_running()
     except OSError:  # no socket for the server here (e.g. a read-only temporary folder): spawn workers
         return False

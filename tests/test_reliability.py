@@ -280,3 +280,97 @@ def test_network_size_check_counts_the_real_networks_parameters(preset):
     config = PRESETS[preset]
     net = AENet(config, 23)
     assert network_parameters(config, 23) == sum(p.numel() for p in net.parameters())
+
+
+# --- 4. interruptions ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def larger_cube(tmp_path_factory):
+    """A cube large enough for a run to be mid-pass when signalled (384 x 384 x 48, 64-pixel tiles)."""
+    return synth(tmp_path_factory.mktemp("rel-large") / "large.zarr", SceneSpec(384, 384, 48, seed=2), chunk=64)
+
+
+def _start_and_wait_for_stage(src: Path, out: Path, tmpdir: Path, stage: str = "rx-stats ...") -> tuple:
+    """``hsad detect`` started in its own session (as from a terminal), read until ``stage``."""
+    proc = subprocess.Popen([*CLI, "detect", str(src), "--out", str(out)], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(tmpdir)}, start_new_session=True)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if stage in line:
+            return proc, seen
+    raise AssertionError(f"the run ended before {stage!r}: {''.join(seen)}")
+
+
+def _session_processes(sid: int) -> list:
+    import psutil
+
+    alive = []
+    for process in psutil.process_iter():
+        try:
+            if process.pid != os.getpid() and os.getsid(process.pid) == sid and process.status() != "zombie":
+                alive.append(process.pid)
+        except (OSError, psutil.Error):
+            pass
+    return alive
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_signal_stops_the_run_and_leaves_nothing(larger_cube, tmp_path, signum):
+    """SIGINT to the whole process group (a terminal's Ctrl-C) or SIGTERM to the command (what
+    kill and batch schedulers send): exit 130 / 143 with one line, no traceback, no run folder,
+    no temporary or lock file, no process left, nothing left in TMPDIR."""
+    import signal
+    import time
+
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    out = tmp_path / "runs" / "run"
+    out.parent.mkdir()
+    proc, _ = _start_and_wait_for_stage(larger_cube, out, tmpdir)
+    if signum == "SIGINT":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, signal.SIGTERM)
+    rest = proc.stderr.read()
+    code = proc.wait(timeout=60)
+    assert code == {"SIGINT": 130, "SIGTERM": 143}[signum], rest
+    errors = error_lines(rest)
+    assert errors == [f"hsad: interrupted by {signum}: stopped, temporary output removed"], rest
+    assert list(out.parent.iterdir()) == []  # no run folder, no .run.tmp-*, no .run.lock
+    deadline = time.monotonic() + 15
+    while _session_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _session_processes(proc.pid) == []  # workers and forkserver gone too
+    assert list(tmpdir.iterdir()) == []  # no pymp-*, no dask-scratch-space
+
+
+def test_next_run_removes_temporaries_of_a_killed_run(larger_cube, tmp_path):
+    """After SIGKILL (nothing can run) the next run into the same destination removes the
+    dead run's temporary output, says so in one line, and succeeds."""
+    import signal
+
+    out = tmp_path / "runs" / "run"
+    out.parent.mkdir()
+    proc, _ = _start_and_wait_for_stage(larger_cube, out, tmp_path)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    left = [p.name for p in out.parent.iterdir()]
+    assert any(name.startswith(f".run.tmp-{proc.pid}-") for name in left), left
+    again = hsad("detect", larger_cube, "--out", out)
+    assert again.returncode == 0, again.stderr
+    warnings = [line for line in again.stderr.splitlines() if line.startswith("[hsad] warning:")]
+    assert len(warnings) == 1 and f"pid {proc.pid}" in warnings[0] and "interrupted" in warnings[0], again.stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == ["run"]
+    assert (out / "run.json").is_file()
+
+
+def test_runs_leave_no_temporary_folders_in_tmpdir(cube, tmp_path):
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    env = {"TMPDIR": str(tmpdir)}
+    assert hsad("detect", cube, "--out", tmp_path / "run", env=env).returncode == 0
+    assert list(tmpdir.iterdir()) == []
+    assert_refused(hsad("detect", cube, "--out", tmp_path / "run", env=env), "already exists")
+    assert_refused(hsad("detect", cube, "--out", tmp_path / "run2", "--method", "ae", "--metric", "x", env=env))
+    assert list(tmpdir.iterdir()) == []
