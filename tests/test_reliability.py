@@ -374,3 +374,83 @@ def test_runs_leave_no_temporary_folders_in_tmpdir(cube, tmp_path):
     assert_refused(hsad("detect", cube, "--out", tmp_path / "run", env=env), "already exists")
     assert_refused(hsad("detect", cube, "--out", tmp_path / "run2", "--method", "ae", "--metric", "x", env=env))
     assert list(tmpdir.iterdir()) == []
+
+
+# --- 5. network: every listener on loopback --------------------------------------------------
+
+LOOPBACK = {"127.0.0.1", "::1"}
+
+
+def _listeners(sid: int) -> set:
+    """(address, port) of every listening TCP socket of the processes of session ``sid``."""
+    import psutil
+
+    found = set()
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) != sid:
+                continue
+            for conn in process.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.add((conn.laddr.ip, conn.laddr.port))
+        except (OSError, psutil.Error):
+            pass
+    return found
+
+
+def test_detect_listens_on_loopback_only_and_moves_off_a_taken_dashboard_port(larger_cube, tmp_path):
+    import socket
+
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 8787))
+        holder.listen()
+    except OSError:  # taken already (another run on this machine): taken either way
+        holder.close()
+        holder = None
+    try:
+        proc, seen = _start_and_wait_for_stage(larger_cube, tmp_path / "run", tmp_path)
+        listening = _listeners(proc.pid)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=180) == 0, rest
+    finally:
+        if holder is not None:
+            holder.close()
+    stderr = "".join(seen) + rest
+    assert listening and {ip for ip, _ in listening} <= LOOPBACK, listening  # scheduler, workers, nannies, dashboard
+    link = next(line for line in stderr.splitlines() if "Dask dashboard:" in line)
+    assert link.startswith("[hsad] Dask dashboard: http://127.0.0.1:") and ":8787/" not in link, stderr
+    assert "already in use" not in stderr and "warn" not in stderr.lower(), stderr
+
+
+def test_serve_listens_on_loopback_only(tmp_path):
+    import signal
+    import socket
+    import time
+
+    (tmp_path / "landing").mkdir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.Popen([*CLI, "serve", str(tmp_path / "landing"), "--out", str(tmp_path / "out"),
+                             "--interval", "3600", "--port", str(port)], stderr=subprocess.PIPE, text=True,
+                            env={**env, "PREFECT_HOME": str(tmp_path / "prefect")}, start_new_session=True)
+    try:
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if "[hsad] serving" in line:
+                break
+        else:
+            raise AssertionError("".join(seen))
+        deadline = time.monotonic() + 20
+        listening = _listeners(proc.pid)
+        while ("127.0.0.1", port) not in listening and time.monotonic() < deadline:
+            time.sleep(0.5)
+            listening = _listeners(proc.pid)
+        assert ("127.0.0.1", port) in listening, (listening, "".join(seen))  # the Prefect server it started
+        assert {ip for ip, _ in listening} <= LOOPBACK, listening
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
