@@ -177,15 +177,51 @@ def evaluate_with_roc(cube_ds: xr.Dataset, scores: xr.Dataset) -> tuple[dict | N
     return result, curve
 
 
+def best_effort(skipped: dict, name: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, or None when it fails: a side product (figure, report,
+    metrics) never throws a finished run away; why it is missing goes into ``skipped[name]``
+    (run.json, the report and one warning line)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        skipped[name] = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+        return None
+
+
+def warn_skipped(skipped: dict) -> None:
+    """One ``[hsad] warning:`` line naming what a finished run skipped, and why."""
+    if skipped:
+        what = "; ".join(f"{name} ({reason})" for name, reason in skipped.items())
+        print(f"[hsad] warning: the run finished without {what}; recorded in run.json 'skipped'", file=sys.stderr)
+
+
 def write_report_files(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset, result: dict | None, title: str,
-                       curve: tuple | None = None) -> None:
+                       curve: tuple | None = None, skipped: dict | None = None) -> None:
     """``metrics.json``, ``roc.png`` (with ground truth; ``curve``: the ROC of ``score`` when
-    already computed) and ``map.png`` (from every k-th pixel: lazy maps are not loaded whole)."""
+    already computed) and ``map.png`` (from every k-th pixel: lazy maps are not loaded whole).
+    The figures are best-effort: one that cannot be drawn is named in ``skipped`` (see
+    :func:`best_effort`; raised when ``skipped`` is None)."""
     truth = cube_ds[cubes.GROUND_TRUTH] if cubes.GROUND_TRUTH in cube_ds else None
-    plots.save(plots.plot_maps({title: scores["score"]}, truth), run_dir / "map.png")
+    if result is not None:
+        outputs.write_json(run_dir / "metrics.json", result)
+    if skipped is None:
+        _write_map(run_dir, scores, truth, title)
+    else:
+        best_effort(skipped, "map.png", _write_map, run_dir, scores, truth, title)
     if result is None:
         return
-    outputs.write_json(run_dir / "metrics.json", result)
+    if skipped is None:
+        _write_roc(run_dir, scores, truth, result, title, curve)
+    else:
+        best_effort(skipped, "roc.png", _write_roc, run_dir, scores, truth, result, title, curve)
+
+
+def _write_map(run_dir: Path, scores: xr.Dataset, truth, title: str) -> None:
+    plots.save(plots.plot_maps({title: scores["score"]}, truth), run_dir / "map.png")
+
+
+def _write_roc(run_dir: Path, scores: xr.Dataset, truth, result: dict, title: str, curve: tuple | None) -> None:
     fpr, tpr = curve if curve is not None else evaluate.roc_from_counts(map_roc_counts(scores["score"], truth))
     curves = {f"{title} (AUC {result['auc']:.4f})": {"fpr": fpr, "tpr": tpr}}
     if "averaged_roc" in result:
@@ -274,12 +310,18 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         maps = cubes.open_maps(tmp / "scores.zarr")
         truth_ds = cube_ds.assign({cubes.GROUND_TRUTH: cubes.open_maps(cube_path)[cubes.GROUND_TRUTH]}) \
             if cubes.GROUND_TRUTH in cube_ds else cube_ds
-        result, curve = stage.run("evaluate", evaluate_with_roc, truth_ds, maps)
-        stage.run("report", write_report_files, tmp, truth_ds, scores, result, options.method.upper(), curve)
+        # the score map is the product: metrics, figures and the report are best-effort around it
+        skipped: dict = {}
+        result, curve = best_effort(skipped, "metrics", stage.run, "evaluate", evaluate_with_roc, truth_ds, maps) \
+            or (None, None)
+        stage.run("report", write_report_files, tmp, truth_ds, scores, result, options.method.upper(), curve, skipped)
         record = run_record(src, out, cube_path, cube_ds, options, details, result, stage.seconds, client)
-        outputs.write_json(tmp / "run.json", {**record, **(record_extra or {})})
-        report.write_report(tmp)
+        record = {**record, **(record_extra or {}), "skipped": skipped}
+        outputs.write_json(tmp / "run.json", record)
+        if best_effort(skipped, "report.html", report.write_report, tmp) is None and "report.html" in skipped:
+            outputs.write_json(tmp / "run.json", {**record, "skipped": skipped})
     if not quiet:
+        warn_skipped(skipped)
         print(f"[hsad] wrote {out}", file=sys.stderr)
         if result:
             print(f"[hsad] AUC {result['auc']:.4f}  TPR@FPR1e-2 {result['tpr_at_fpr_0.01']:.3f}", file=sys.stderr)

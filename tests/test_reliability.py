@@ -454,3 +454,76 @@ def test_serve_listens_on_loopback_only(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+# --- 6. a finished run is never thrown away by a side product ------------------------------
+
+def _strip_store(tmp_path: Path, cube: Path, name: str, rows: slice, cols: slice, no_anomalies: bool = False) -> Path:
+    import xarray as xr
+
+    from hsad_scale.cube import write_cube
+
+    ds = xr.open_zarr(cube, consolidated=False).isel(y=rows, x=cols)
+    if no_anomalies:
+        ds["ground_truth"] = ds["ground_truth"] * 0
+    ds = ds.chunk({"y": 16, "x": 16})
+    for var in ds.variables.values():
+        var.encoding.pop("chunks", None)
+        var.encoding.pop("preferred_chunks", None)
+    return write_cube(ds, tmp_path / name)
+
+
+@pytest.mark.parametrize("shape", ["one row", "one column"])
+def test_single_line_scene_lands_with_every_product(cube, tmp_path, shape):
+    import json
+
+    import xarray as xr
+
+    truth = xr.open_zarr(cube, consolidated=False)["ground_truth"].values
+    y, x = (int(i[0]) for i in np.nonzero(truth))  # a line through an anomaly
+    rows, cols = (slice(y, y + 1), slice(None)) if shape == "one row" else (slice(None), slice(x, x + 1))
+    store = _strip_store(tmp_path, cube, "line.zarr", rows, cols)
+    proc = hsad("detect", store, "--out", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "run"
+    for name in ("scores.zarr", "metrics.json", "map.png", "roc.png", "report.html"):
+        assert (run / name).exists(), name
+    assert json.loads((run / "run.json").read_text())["skipped"] == {}
+    assert "warning" not in proc.stderr
+
+
+def test_ground_truth_without_anomalies_lands_the_scores_and_says_why_metrics_are_missing(cube, tmp_path):
+    import json
+
+    store = _strip_store(tmp_path, cube, "clean.zarr", slice(None), slice(None), no_anomalies=True)
+    proc = hsad("detect", store, "--out", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "run"
+    assert (run / "scores.zarr").is_dir() and (run / "map.png").is_file() and (run / "report.html").is_file()
+    assert not (run / "metrics.json").exists() and not (run / "roc.png").exists()
+    record = json.loads((run / "run.json").read_text())
+    assert "no anomaly pixels" in record["skipped"]["metrics"] and record["metrics"] is None
+    assert "no anomaly pixels" in (run / "report.html").read_text()
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("[hsad] warning:")]
+    assert len(warnings) == 1 and "metrics" in warnings[0], proc.stderr
+    # evaluating against that ground truth is still refused
+    assert_refused(hsad("evaluate", run / "scores.zarr", store), "no anomaly pixels")
+
+
+def test_a_figure_that_fails_is_skipped_and_recorded(cube, tmp_path, client, monkeypatch, capsys):
+    import json
+
+    from hsad_scale import plots
+    from hsad_scale.cli import main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no display for this figure")
+
+    monkeypatch.setattr(plots, "plot_roc", broken)
+    assert main(["detect", str(cube), "--out", str(tmp_path / "run"), "--dask-address", client.scheduler.address]) == 0
+    run = tmp_path / "run"
+    assert (run / "metrics.json").is_file() and (run / "map.png").is_file() and not (run / "roc.png").exists()
+    assert json.loads((run / "run.json").read_text())["skipped"] == {"roc.png": "RuntimeError: no display for this figure"}
+    assert "roc.png" in (run / "report.html").read_text()
+    err = capsys.readouterr().err
+    assert len([line for line in err.splitlines() if line.startswith("[hsad] warning:")]) == 1
