@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from hsad_scale.errors import InputError
@@ -18,9 +21,42 @@ def _ingest(args) -> None:
     print(f"[hsad] wrote {args.dest}", file=sys.stderr)
 
 
+def _check_detect(args) -> None:
+    """What can be checked of a detect command line at once (no data read, nothing heavy
+    imported): destination, source, scheduler address, options, AE/VAE settings and metrics."""
+    from hsad_scale import checks
+    from hsad_scale.atomic import check_destination
+
+    check_destination(args.out, args.overwrite)
+    if not Path(args.src).exists():
+        raise InputError(f"{args.src} does not exist")
+    checks.check_dask_address(args.dask_address)
+    if args.dashboard_address is not None:
+        checks.check_listen_address(args.dashboard_address, "--dashboard-address")
+    if args.repeats < 1:
+        raise InputError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.chunk < 1:
+        raise InputError(f"--chunk must be positive, got {args.chunk}")
+    method = args.method or (checks.saved_method(args.model) if args.model else "rx")
+    checks.check_metrics(method, _metrics(args))
+    config = None
+    if method in ("ae", "vae") and not args.model:
+        from hsad_scale.detectors.ae_config import resolve_config
+
+        config = resolve_config(method, args.preset, args.config, tuple(args.set or ()))
+    shape = checks.cube_store_shape(args.src)
+    if shape is not None:  # a cube store: its metadata gives the shape (a scene file's, after ingest)
+        checks.check_detect_inputs(method, _metrics(args), config, args.model, shape)
+
+
+def _metrics(args) -> tuple | None:
+    return tuple(m.strip() for m in args.metric.split(",") if m.strip()) or None if args.metric else None
+
+
 def _detect(args) -> None:
     from hsad_scale import cluster
 
+    _check_detect(args)  # bad input fails before anything starts
     if cluster.local_cluster_wanted(args.dask_address) and not getattr(args, "flow", False):
         # the workers' modules load in the background while this process imports its own
         cluster.start_worker_server(cluster.LEARNED_WORKER_MODULES if args.method in ("ae", "vae")
@@ -40,7 +76,7 @@ def _detect(args) -> None:
     ingest_options = dict(gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk,
                           band_axis=args.band_axis, drop_bands=args.drop_bands, swath=args.swath)
     run_detect(args.src, args.out, options, overwrite=args.overwrite, dask_address=args.dask_address,
-               ingest_options=ingest_options)
+               ingest_options=ingest_options, dashboard_address=args.dashboard_address)
 
 
 def _detect_flow(args) -> None:
@@ -205,8 +241,15 @@ def _synth(args) -> None:
     print(f"[hsad] wrote {args.dest}", file=sys.stderr)
 
 
+class HsadParser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage block stays in ``--help``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"hsad: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hsad", description="Hyperspectral anomaly detection at scale (RX, AE, VAE) on chunked Zarr cubes.")
+    parser = HsadParser(prog="hsad", description="Hyperspectral anomaly detection at scale (RX, AE, VAE) on chunked Zarr cubes.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -261,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="apply a saved model (RUN_DIR/model, a model folder, or rx_stats.npz) without refitting")
     p.add_argument("--dask-address", default=os.environ.get("HSAD_DASK_ADDRESS"),
                    help="scheduler of an existing Dask cluster (default: a LocalCluster; env HSAD_DASK_ADDRESS)")
+    p.add_argument("--dashboard-address", metavar="HOST:PORT",
+                   help="where the LocalCluster's dashboard listens (default 127.0.0.1:8787, this machine only; "
+                        "e.g. 0.0.0.0:8787 opens it to the network)")
     p.add_argument("--flow", action="store_true",
                    help="run as a run of the Prefect detect flow (recorded on PREFECT_API_URL, else a temporary local API)")
     common_source(p)
@@ -329,16 +375,57 @@ def main(argv: list[str] | None = None) -> int:
     return execute(build_parser().parse_args(argv))
 
 
-def execute(args: argparse.Namespace) -> int:
-    """Run parsed command line ``args``; return the exit status."""
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: raised in the main thread, so that every ``with`` block
+    unwinds (the cluster stops, temporary outputs are removed) before the command exits
+    with 128 + the signal's number (130, 143)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, frame) -> None:
+    import logging
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the clean-up runs once, uninterrupted
+        signal.signal(sig, signal.SIG_IGN)
+    # what the stopped cluster and its client log while they close (pending gathers cancelled,
+    # "Task exception was never retrieved") is no news: the command says it was interrupted
+    for name in ("asyncio", "distributed", "tornado"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the block (main thread only; the
+    previous handlers come back after it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        args.run(args)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def execute(args: argparse.Namespace) -> int:
+    """Run parsed command line ``args``; return the exit status: 0, 2 bad input, 1 internal
+    error, 130/143 interrupted by SIGINT/SIGTERM (temporary outputs removed)."""
+    try:
+        with _signals_interrupt():
+            args.run(args)
     except InputError as exc:
         print(f"hsad: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("hsad: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"hsad: interrupted by {signal.Signals(signum).name}: stopped, temporary output removed",
+              file=sys.stderr)
+        return 128 + signum
     except Exception as exc:  # an internal error: one line, traceback on --debug
         if args.debug:
             raise
@@ -361,6 +448,10 @@ def run() -> None:
     if getattr(args, "run", None) in FAST_EXIT_COMMANDS and not getattr(args, "flow", False):
         sys.stdout.flush()
         sys.stderr.flush()
+        if "hsad_scale.cluster" in sys.modules:
+            from hsad_scale.cluster import remove_multiprocessing_tempdir
+
+            remove_multiprocessing_tempdir()  # no exit handlers run after os._exit
         os._exit(status)
     sys.exit(status)
 

@@ -13,6 +13,7 @@ import xarray as xr
 
 from hsad_scale import cluster, cube as cubes, evaluate, outputs, plots, report
 from hsad_scale.atomic import atomic_path, check_destination
+from hsad_scale.checks import check_detect_inputs, saved_method  # noqa: F401 (saved_method: re-exported)
 from hsad_scale.errors import InputError
 from hsad_scale.stats import BackgroundStats, whitener
 from hsad_scale.tiles import background_stats, map_roc_counts, score_map
@@ -124,24 +125,6 @@ def load_rx_stats(path: str | Path) -> BackgroundStats:
     raise InputError(f"no RX statistics (rx_stats.npz) found in {path}")
 
 
-def saved_method(path: str | Path) -> str:
-    """The detector a saved model is for: ``rx`` (``rx_stats.npz``) or the ``kind`` of the
-    AE/VAE in its ``model.json`` (a run folder, its ``model/`` or one model folder)."""
-    import json
-
-    path = Path(path)
-    for folder in (path, path / "model"):
-        if folder.is_file() or (folder / "rx_stats.npz").is_file():
-            return "rx"
-        for model_json in [folder / "model.json", *sorted(folder.glob("run-*/model.json"))][:2]:
-            if model_json.is_file():
-                try:
-                    return json.loads(model_json.read_text())["config"]["kind"]
-                except (ValueError, KeyError, TypeError):
-                    raise InputError(f"{model_json} is not a saved hsad model") from None
-    raise InputError(f"no saved model in {path} (expected rx_stats.npz, model.json or run-*/model.json)")
-
-
 def rx_scores(cube: xr.DataArray, model) -> xr.Dataset:
     """Lazy RX score map as a Dataset with variable ``score`` ``(y, x)``."""
     score = score_map(cube, model.mahalanobis, name="score-tile")
@@ -194,15 +177,51 @@ def evaluate_with_roc(cube_ds: xr.Dataset, scores: xr.Dataset) -> tuple[dict | N
     return result, curve
 
 
+def best_effort(skipped: dict, name: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, or None when it fails: a side product (figure, report,
+    metrics) never throws a finished run away; why it is missing goes into ``skipped[name]``
+    (run.json, the report and one warning line)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        skipped[name] = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+        return None
+
+
+def warn_skipped(skipped: dict) -> None:
+    """One ``[hsad] warning:`` line naming what a finished run skipped, and why."""
+    if skipped:
+        what = "; ".join(f"{name} ({reason})" for name, reason in skipped.items())
+        print(f"[hsad] warning: the run finished without {what}; recorded in run.json 'skipped'", file=sys.stderr)
+
+
 def write_report_files(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset, result: dict | None, title: str,
-                       curve: tuple | None = None) -> None:
+                       curve: tuple | None = None, skipped: dict | None = None) -> None:
     """``metrics.json``, ``roc.png`` (with ground truth; ``curve``: the ROC of ``score`` when
-    already computed) and ``map.png`` (from every k-th pixel: lazy maps are not loaded whole)."""
+    already computed) and ``map.png`` (from every k-th pixel: lazy maps are not loaded whole).
+    The figures are best-effort: one that cannot be drawn is named in ``skipped`` (see
+    :func:`best_effort`; raised when ``skipped`` is None)."""
     truth = cube_ds[cubes.GROUND_TRUTH] if cubes.GROUND_TRUTH in cube_ds else None
-    plots.save(plots.plot_maps({title: scores["score"]}, truth), run_dir / "map.png")
+    if result is not None:
+        outputs.write_json(run_dir / "metrics.json", result)
+    if skipped is None:
+        _write_map(run_dir, scores, truth, title)
+    else:
+        best_effort(skipped, "map.png", _write_map, run_dir, scores, truth, title)
     if result is None:
         return
-    outputs.write_json(run_dir / "metrics.json", result)
+    if skipped is None:
+        _write_roc(run_dir, scores, truth, result, title, curve)
+    else:
+        best_effort(skipped, "roc.png", _write_roc, run_dir, scores, truth, result, title, curve)
+
+
+def _write_map(run_dir: Path, scores: xr.Dataset, truth, title: str) -> None:
+    plots.save(plots.plot_maps({title: scores["score"]}, truth), run_dir / "map.png")
+
+
+def _write_roc(run_dir: Path, scores: xr.Dataset, truth, result: dict, title: str, curve: tuple | None) -> None:
     fpr, tpr = curve if curve is not None else evaluate.roc_from_counts(map_roc_counts(scores["score"], truth))
     curves = {f"{title} (AUC {result['auc']:.4f})": {"fpr": fpr, "tpr": tpr}}
     if "averaged_roc" in result:
@@ -229,7 +248,11 @@ def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, cl
         stats.save(run_dir / "model" / "rx_stats.npz")
         return rx_scores(cube, model), {"background": {"pixels": stats.count, **model.describe()}}
     if options.model:
-        models = _learned().load_models(options.model)
+        try:  # checked before the cluster started (checks.check_saved_model): this is a last guard
+            models = _learned().load_models(options.model)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(f"the saved model {options.model} cannot be loaded: "
+                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
         config, workers = models[0].config, []
         sample = pixels = stage.run("sample", _learned().sample_pixels, cube, config.max_train_pixels,
                                     seed=config.seed)
@@ -254,10 +277,11 @@ def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, cl
 def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: bool = False,
                dask_address: str | None = None, client=None, quiet: bool = False,
                ingest_options: dict | None = None, stage: Stages | None = None,
-               record_extra: dict | None = None) -> Path:
+               record_extra: dict | None = None, dashboard_address: str | None = None) -> Path:
     """Run one detection end to end into ``out`` (written whole, or not at all). ``stage``
     runs (and times) each stage (the detect flow passes one that makes them Prefect tasks);
-    ``record_extra`` is added to ``run.json``."""
+    ``record_extra`` is added to ``run.json``; ``dashboard_address``: where a LocalCluster's
+    dashboard listens (default 127.0.0.1:8787, see :func:`cluster.dask_client`)."""
     options = options or DetectOptions()
     out = check_destination(out, overwrite)
     if not Path(src).exists():
@@ -272,9 +296,12 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         cube_ds = cubes.open_cube(cube_path)
         if Path(cube_path) == Path(src):  # a cube store given: --drop-bands still applies
             cube_ds = cubes.store_bands(cube_ds, **(ingest_options or {}))
+        # the scene's size, the network against memory, a saved model against the bands: before any cluster
+        check_detect_inputs(options.method, options.metrics, learned_config(options), options.model,
+                            tuple(cube_ds[cubes.CUBE].shape))
         if client is None:
             _start_importing_learned(options)
-            client = stack.enter_context(cluster.dask_client(dask_address))
+            client = stack.enter_context(cluster.dask_client(dask_address, dashboard_address=dashboard_address))
         link = cluster.dashboard_link(client)
         if link and not quiet:
             print(f"[hsad] Dask dashboard: {link}", file=sys.stderr)
@@ -286,12 +313,18 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         maps = cubes.open_maps(tmp / "scores.zarr")
         truth_ds = cube_ds.assign({cubes.GROUND_TRUTH: cubes.open_maps(cube_path)[cubes.GROUND_TRUTH]}) \
             if cubes.GROUND_TRUTH in cube_ds else cube_ds
-        result, curve = stage.run("evaluate", evaluate_with_roc, truth_ds, maps)
-        stage.run("report", write_report_files, tmp, truth_ds, scores, result, options.method.upper(), curve)
+        # the score map is the product: metrics, figures and the report are best-effort around it
+        skipped: dict = {}
+        result, curve = best_effort(skipped, "metrics", stage.run, "evaluate", evaluate_with_roc, truth_ds, maps) \
+            or (None, None)
+        stage.run("report", write_report_files, tmp, truth_ds, scores, result, options.method.upper(), curve, skipped)
         record = run_record(src, out, cube_path, cube_ds, options, details, result, stage.seconds, client)
-        outputs.write_json(tmp / "run.json", {**record, **(record_extra or {})})
-        report.write_report(tmp)
+        record = {**record, **(record_extra or {}), "skipped": skipped}
+        outputs.write_json(tmp / "run.json", record)
+        if best_effort(skipped, "report.html", report.write_report, tmp) is None and "report.html" in skipped:
+            outputs.write_json(tmp / "run.json", {**record, "skipped": skipped})
     if not quiet:
+        warn_skipped(skipped)
         print(f"[hsad] wrote {out}", file=sys.stderr)
         if result:
             print(f"[hsad] AUC {result['auc']:.4f}  TPR@FPR1e-2 {result['tpr_at_fpr_0.01']:.3f}", file=sys.stderr)

@@ -80,6 +80,22 @@ def _truth_of(truth) -> np.ndarray | None:
     return None if truth is None else _as_array(truth, None) > 0
 
 
+def panel_aspect(ny: int, nx: int, limit: float = 8.0) -> float:
+    """Height / width of a map's panel: the map's own, within [1 / ``limit``, ``limit``] (a
+    1 x 8000 scan line would otherwise make a figure 30,000 inches tall or 0.0005 high)."""
+    return min(max(ny / nx, 1 / limit), limit)
+
+
+def outline_truth(ax, mask: np.ndarray, linewidth: float) -> None:
+    """Ground-truth outlines over an image: contours of ``mask`` ``(y, x)``, or, for a map one
+    pixel high or wide (a scan line) where no contour exists, a hollow square on each pixel."""
+    if min(mask.shape) >= 2:
+        ax.contour(mask, levels=[0.5], colors=TRUTH_COLOUR, linewidths=linewidth)
+        return
+    ys, xs = np.nonzero(mask)
+    ax.scatter(xs, ys, marker="s", s=16, facecolors="none", edgecolors=TRUTH_COLOUR, linewidths=linewidth)
+
+
 def save(fig: plt.Figure, path) -> None:
     """Write ``fig`` to ``path`` (PNG at 110 dpi unless the suffix says otherwise) and close it."""
     fig.savefig(path, dpi=110)
@@ -212,7 +228,8 @@ def plot_maps(maps: dict, truth: np.ndarray | None = None, shared_scale: bool = 
     ncols = min(n, ncols or n)
     nrows = -(-n // ncols)
     ny, nx = next(iter(shown.values())).shape
-    aspect = ny / nx
+    aspect = panel_aspect(ny, nx)
+    image_aspect = "equal" if aspect == ny / nx else "auto"  # a scan line is stretched into a visible strip
     width = panel_size * ncols + (0.9 if shared_scale else 0.9 * ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(width, panel_size * aspect * nrows + 0.9 + (0.4 if title else 0)),
                              squeeze=False, layout="constrained")
@@ -220,9 +237,9 @@ def plot_maps(maps: dict, truth: np.ndarray | None = None, shared_scale: bool = 
     im = None
     for ax, (name, image) in zip(axes.ravel(), shown.items()):
         vmin, vmax = (lo, hi) if shared_scale or normalise else _percentiles(image, percentiles)
-        im = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        im = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", aspect=image_aspect)
         if mask is not None and mask.any():
-            ax.contour(mask, levels=[0.5], colors=TRUTH_COLOUR, linewidths=1.0)
+            outline_truth(ax, mask, 1.0)
         ax.set_title(name, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -391,12 +408,13 @@ def plot_rgb(cube, targets=RGB_NM, bands=None, truth=None, title: str | None = N
     if truth is True:
         truth = cube["ground_truth"] if hasattr(cube, "data_vars") and "ground_truth" in cube else None
     ny, nx = image.shape[:2]
-    fig, ax = plt.subplots(figsize=(panel_size, panel_size * ny / nx + 0.5), layout="constrained")
-    ax.imshow(image, interpolation="nearest")
+    aspect = panel_aspect(ny, nx)
+    fig, ax = plt.subplots(figsize=(panel_size, panel_size * aspect + 0.5), layout="constrained")
+    ax.imshow(image, interpolation="nearest", aspect="equal" if aspect == ny / nx else "auto")
     if truth is not None and truth is not False:
         mask = _thin_mask(_truth_of(truth), step)
         if mask.any():
-            ax.contour(mask, levels=[0.5], colors=TRUTH_COLOUR, linewidths=0.8)
+            outline_truth(ax, mask, 0.8)
     ax.set_xticks([])
     ax.set_yticks([])
     caption = _rgb_caption(rgb)

@@ -197,8 +197,13 @@ def _run_sections(run: dict, metrics: dict | None, folder: Path) -> list[tuple[s
                 ["run"] + [METRIC_NAMES.get(k, k) for k in run_keys],
                 [[f"run {i + 1}"] + [r.get(k) for k in run_keys] for i, r in enumerate(metrics["runs"])]) + "</details>"
         sections.append(("Metrics", content))
+    elif (run.get("skipped") or {}).get("metrics"):
+        sections.append(("Metrics", f"<p>No metrics: {html.escape(str(run['skipped']['metrics']))}.</p>"))
     else:
         sections.append(("Metrics", "<p>No ground truth: no metrics.</p>"))
+    if run.get("skipped"):
+        sections.append(("Skipped", "<p>This run finished, but these side products could not be made:</p>"
+                         + _key_values(run["skipped"])))
     sections.append(("Figures", _figures(folder)))
     settings = {"method": run.get("method"), "source": run.get("source"), "cube": run.get("cube"),
                 "shape": run.get("shape"), "chunks": run.get("chunks")}
