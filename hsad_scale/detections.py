@@ -318,8 +318,17 @@ def _low_tile(scores, origin, bins):
     return low_counts(scores, bins)
 
 
-def _sum(parts):
-    return [sum(p) for p in zip(*parts)] if isinstance(parts[0], tuple) else sum(parts)
+def _add(a, b):
+    return tuple(x + y for x, y in zip(a, b)) if isinstance(a, tuple) else a + b
+
+
+def _summed(grid: list[list], name: str):
+    """The per-tile counts of ``grid`` added pairwise in a tree on the scheduler (the client
+    receives one total, not every tile's counts)."""
+    from hsad_scale.tiles import _tree_merge
+
+    parts = _flat(grid)
+    return _tree_merge(parts, _add, name, tokenize(*[p.key for p in parts])).compute()
 
 
 @dataclass
@@ -341,12 +350,12 @@ def thresholds(scores, pfas, chi2_pfa: float | None = None, bands: int | None = 
     per tile in flight, plus 0.5 MB per distinct PFA in pass 2."""
     data = _as_dask(scores)
     chi2_t = chi2_threshold(chi2_pfa, bands) if chi2_pfa is not None and bands else math.inf
-    high, n_valid, n_chi2 = _sum(dask.compute(*_flat(_per_tile(_high_tile, [data], "pfa-high", chi2_t))))
+    high, n_valid, n_chi2 = _summed(_per_tile(_high_tile, [data], "pfa-high", chi2_t), "pfa-high")
     if n_valid == 0:
         raise InputError("the score map has no valid (finite) score")
     ks = {p: target_count(p, n_valid) for p in pfas}
     bins = selection_bins(high, ks.values())
-    low = sum(dask.compute(*_flat(_per_tile(_low_tile, [data], "pfa-low", bins)))) if bins.size else None
+    low = _summed(_per_tile(_low_tile, [data], "pfa-low", bins), "pfa-low") if bins.size else None
     empirical = {p: kth_largest(high, bins, low, k) for p, k in ks.items()}
     return Thresholds(int(n_valid), empirical, (chi2_t, int(n_chi2)) if math.isfinite(chi2_t) else None, bands)
 
@@ -629,10 +638,15 @@ def object_evaluation(scores, truth, found: Thresholds, pfa: float, threshold: f
     rows = []
     for (p, t), c in zip(levels, counts):
         detected = int(np.count_nonzero(peaks >= t))
-        rows.append({"pfa": p, "threshold": t, "targets_detected": detected, "targets": int(peaks.size),
+        rows.append({"pfa": p, "threshold": _finite_or_none(t), "targets_detected": detected, "targets": int(peaks.size),
                      "detection_rate": detected / peaks.size if peaks.size else None, **c,
                      "false_alarms_per_km2": c["false_alarm_objects"] / area_km2 if area_km2 else None})
     return {"at_pfa": rows[-1], "sweep": rows[:-1], "scene_area_km2": area_km2}
+
+
+def _finite_or_none(value: float) -> float | None:
+    """JSON has no infinity: a threshold that flags nothing (PFA x N < 1) is recorded as None."""
+    return value if math.isfinite(value) else None
 
 
 def run_detections(scores, folder=None, *, pfa: float = DEFAULT_PFA, rule: str = "empirical",
@@ -677,9 +691,9 @@ def run_detections(scores, folder=None, *, pfa: float = DEFAULT_PFA, rule: str =
         wavelength = cube.coords["wavelength"].values if "wavelength" in cube.coords else None
     frame = detections_frame(table, polygons, grid, spectra, wavelength)
     record = {
-        "pfa": pfa, "rule": rule, "threshold": threshold, "valid_pixels": found.n_valid,
+        "pfa": pfa, "rule": rule, "threshold": _finite_or_none(threshold), "valid_pixels": found.n_valid,
         "expected_pixels": expected, "flagged_pixels": flagged, "objects": len(frame),
-        "empirical": {"threshold": empirical_t, "flagged_pixels": empirical_n,
+        "empirical": {"threshold": _finite_or_none(empirical_t), "flagged_pixels": empirical_n,
                       "error_pixels": empirical_n - expected,
                       "method": "exact: two-pass radix selection of the k-th largest score, k = floor(PFA x N); "
                                 "error = fractional part of PFA x N plus ties at the threshold"},

@@ -376,8 +376,9 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
 
 def detections_line(record: dict) -> str:
     """One line on the detections of a run: objects, threshold, flagged pixels against PFA x N."""
+    threshold = "none" if record["threshold"] is None else f"{record['threshold']:.6g}"
     line = (f"[hsad] {record['objects']} detection(s) at PFA {record['pfa']:g} ({record['rule']} threshold "
-            f"{record['threshold']:.6g}: {record['flagged_pixels']} pixels flagged, PFA x N = {record['expected_pixels']:.1f})")
+            f"{threshold}: {record['flagged_pixels']} pixels flagged, PFA x N = {record['expected_pixels']:.1f})")
     if record.get("chi2") and record["rule"] != "chi2":
         line += f"; chi-square threshold {record['chi2']['threshold']:.6g} would flag {record['chi2']['flagged_pixels']}"
     return line

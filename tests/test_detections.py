@@ -154,11 +154,13 @@ def test_object_level_figures_equal_a_whole_map_reference(real_maps, tile):
                                        tile=tile)
         assert [r["pfa"] for r in result["sweep"]] == list(det.SWEEP_PFAS)
         for row in result["sweep"] + [result["at_pfa"]]:
-            mask = scores >= np.float32(row["threshold"])
+            threshold = np.inf if row["threshold"] is None else row["threshold"]  # None: PFA x N < 1, nothing flagged
+            assert (row["threshold"] is None) == (row["pfa"] * scores.size < 1)
+            mask = scores >= np.float32(threshold)
             labels, n = ndimage.label(mask, structure=EIGHT)
             with_truth = np.unique(labels[(truth > 0) & mask])
             assert row["objects"] == n and row["false_alarm_objects"] == n - with_truth.size, name
-            assert row["targets"] == n_targets and row["targets_detected"] == int(np.sum(peaks >= row["threshold"]))
+            assert row["targets"] == n_targets and row["targets_detected"] == int(np.sum(peaks >= threshold))
             # a target counts as detected when one of its pixels is in a detection
             assert row["targets_detected"] == np.unique(truth_labels[mask & (truth_labels > 0)]).size
 
@@ -268,7 +270,9 @@ def test_detect_writes_detections_cogs_and_records_both_thresholds(scene, tmp_pa
     assert record["options"]["pfa"] == 1e-2 and record["scores_tif"]["normalised"]["method"] == "min-max"
     for name in ("scores.tif", "detections/detections.tif"):
         assert cog_validate(str(run / name))[0]  # on the pixel grid: the synthetic cube has no CRS
-    metrics = json.loads((run / "metrics.json").read_text())
+    text = (run / "metrics.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text  # strict JSON (PFA x N < 1 records a None threshold)
+    metrics = json.loads(text)
     assert metrics["objects"]["at_pfa"]["pfa"] == 1e-2 and len(metrics["objects"]["sweep"]) == len(det.SWEEP_PFAS)
     html = (run / "report.html").read_text()
     assert "<h2>Detections</h2>" in html and "empirical (used)" in html and "false-alarm objects" in html
@@ -283,6 +287,26 @@ def test_detect_writes_detections_cogs_and_records_both_thresholds(scene, tmp_pa
     truth = cubes.open_cube(scene)["ground_truth"].values
     assert np.nanmin(normalised) == 0 and np.nanmax(normalised) == 1
     assert roc_metrics(normalised, truth)["auc"] == pytest.approx(metrics["auc"], abs=1e-6)
+
+
+def test_map_has_map_axes_a_legend_and_detection_outlines():
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+
+    from hsad_scale import plots
+
+    scores = _georeferenced_map()
+    truth = np.zeros(scores.shape, np.uint8)
+    truth[100:104, 200:203] = 1
+    frame, _ = det.run_detections(scores, pfa=1e-4)
+    fig = plots.plot_maps({"RX": scores}, truth, grid=det.MapGrid.of(scores), outlines=list(frame.geometry),
+                          outline_label="detections")
+    ax = fig.axes[0]
+    assert "EPSG:32633" in ax.get_xlabel() and ax.get_xlim() == (500_000.0, 500_000.0 + 30 * 700)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ground truth", "detections"]
+    lines = [c for c in ax.collections if isinstance(c, LineCollection) and not hasattr(c, "levels")]
+    assert sum(len(c.get_segments()) for c in lines) >= len(frame)
+    plt.close(fig)
 
 
 def test_hsad_detections_rethresholds_a_run_without_rescoring(scene, tmp_path, client):
