@@ -2,11 +2,11 @@
 
 It is :func:`hsad_scale.pipeline.run_detect` with each stage run as a Prefect task of the
 stage's name (``ingest``, ``rx-stats`` or ``scaling-stats``/``train-ae``/``ae-feature-stats``,
-``score``, ``geotiff``, ``evaluate``, ``report``), so the run folder is the one ``hsad detect``
+``score``, ``geotiff``, ``evaluate``, ``detections``, ``report``), so the run folder is the one ``hsad detect``
 writes, plus ``run.json["prefect"]`` (the flow run). The Dask work inside the stages keeps its
 own key names on the dashboard (``rx-stats``, ``train-ae-<i>`` on a worker with the ``GPU``
 resource when there is one, ``score-tile``). A report is published as artifacts: the metrics
-table and links to the maps, plots and stores.
+table, links to the maps, plots and stores, and the detection table (highest peaks first).
 
 Run it: ``hsad detect SRC --out RUN_DIR --flow`` or ``python -m flows.detect SRC RUN_DIR``.
 """

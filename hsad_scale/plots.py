@@ -235,7 +235,7 @@ def plot_maps(maps: dict, truth: np.ndarray | None = None, shared_scale: bool = 
         vmin, vmax = (lo, hi) if shared_scale or normalise else _percentiles(image, percentiles)
         im = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", extent=extent)
         handles = []
-        if mask is not None and mask.any():
+        if mask is not None and mask.any() and min(mask.shape) >= 2:  # contours need a 2-D grid (not one line)
             ax.contour(mask, levels=[0.5], colors=TRUTH_COLOUR, linewidths=1.0, extent=extent, origin="upper")
             handles.append(matplotlib.lines.Line2D([], [], color=TRUTH_COLOUR, lw=1.0, label="ground truth"))
         if outlines:

@@ -136,6 +136,19 @@ def test_objects_equal_scipy_label_on_the_whole_map(real_maps, tile, pfa):
         assert np.all(np.diff(stats["peak_score"]) <= 0)
 
 
+@pytest.mark.parametrize("shape", [(1, 500), (500, 1)])
+def test_single_line_maps_give_objects_files_and_a_map(shape, tmp_path):
+    from hsad_scale import plots
+
+    scores = np.random.default_rng(2).gamma(2.0, size=shape).astype(np.float32)
+    truth = (scores > 6).astype(np.uint8)
+    frame, record = det.run_detections(scores, tmp_path, pfa=0.05, truth=truth, tile=(7, 7))
+    reference, n = ndimage.label(scores >= np.float32(record["threshold"]), structure=EIGHT)
+    assert record["objects"] == len(frame) == n and record["object_evaluation"]["at_pfa"]["targets"] > 0
+    fig = plots.plot_maps({"RX": scores}, truth, outlines=list(frame.geometry))  # no contour of a single line
+    assert fig.axes[0].get_legend() is not None
+
+
 def test_objects_touching_only_across_tile_corners_are_merged():
     mask = np.zeros((8, 8), np.float32)
     mask[3, 3] = mask[4, 4] = 1  # diagonal neighbours in four different 4 x 4 tiles
