@@ -72,7 +72,8 @@ def _detect(args) -> None:
     metrics = tuple(m.strip() for m in args.metric.split(",") if m.strip()) if args.metric else None
     options = DetectOptions(method=args.method, preset=args.preset, config_file=args.config,
                             settings=tuple(args.set or ()), metrics=metrics, repeats=args.repeats,
-                            ensemble=args.ensemble, device=args.device, model=args.model)
+                            ensemble=args.ensemble, device=args.device, model=args.model, pfa=args.pfa,
+                            threshold=args.threshold, normalise=args.normalise)
     ingest_options = dict(gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk,
                           band_axis=args.band_axis, drop_bands=args.drop_bands, swath=args.swath)
     run_detect(args.src, args.out, options, overwrite=args.overwrite, dask_address=args.dask_address,
@@ -98,14 +99,31 @@ def _detect_flow(args) -> None:
     metrics = [m.strip() for m in args.metric.split(",") if m.strip()] if args.metric else None
     learned_config(DetectOptions(method=args.method, preset=args.preset, config_file=args.config,
                                  settings=tuple(args.set or ()), metrics=tuple(metrics) if metrics else None,
-                                 repeats=args.repeats, ensemble=args.ensemble, device=args.device, model=args.model))
+                                 repeats=args.repeats, ensemble=args.ensemble, device=args.device, model=args.model,
+                                 pfa=args.pfa, threshold=args.threshold, normalise=args.normalise))
     from flows.detect import detect
 
     with local_run(args.dask_address, prefect=prefect) as address:
         detect(src=args.src, out=args.out, method=args.method, preset=args.preset, config=args.config,
                settings=list(args.set or ()), metrics=metrics, repeats=args.repeats, ensemble=args.ensemble,
                device=args.device, model=args.model, overwrite=args.overwrite, dask_address=address, gt=args.gt,
-               cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk)
+               cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk, pfa=args.pfa, threshold=args.threshold,
+               normalise=args.normalise)
+
+
+def _detections(args) -> None:
+    from hsad_scale.pipeline import redo_detections
+
+    redo_detections(args.run_dir, args.pfa, args.threshold, overwrite=args.overwrite)
+
+
+def threshold_options(p) -> None:
+    p.add_argument("--pfa", type=float, default=1e-3,
+                   help="probability of false alarm: the fraction of valid pixels flagged as detections "
+                        "(default 1e-3)")
+    p.add_argument("--threshold", default="empirical", choices=("empirical", "chi2"),
+                   help="threshold rule: empirical = the (1 - PFA) quantile of the scores (default; every "
+                        "detector); chi2 = chi-square with B degrees of freedom (RX only)")
 
 
 def _inspect(args) -> None:
@@ -309,8 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. 0.0.0.0:8787 opens it to the network)")
     p.add_argument("--flow", action="store_true",
                    help="run as a run of the Prefect detect flow (recorded on PREFECT_API_URL, else a temporary local API)")
+    threshold_options(p)
+    p.add_argument("--normalise", action="store_true",
+                   help="write scores.tif min-max scaled to 0-1 (monotone: same ranking and AUC; scores.zarr keeps raw scores)")
     common_source(p)
     p.set_defaults(run=_detect)
+
+    p = sub.add_parser("detections", help="threshold an existing run's score map at a PFA: detections/ (no rescoring)")
+    p.add_argument("run_dir", help="run folder of hsad detect")
+    threshold_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace the run's existing detections/")
+    p.set_defaults(run=_detections)
 
     p = sub.add_parser("evaluate", help="ROC figures of a score map against ground truth")
     p.add_argument("scores", help="score map: scores.zarr, GeoTIFF or .npy")
@@ -438,7 +465,7 @@ def execute(args: argparse.Namespace) -> int:
 #: whose exit handlers send its last logs and events, and every output already renamed into
 #: place and closed): the teardown of a process that loaded PyTorch, xarray and Dask takes
 #: 1-1.5 s on 2 vCPUs, 10 % of an AE run on a 1024 x 1024 scene.
-FAST_EXIT_COMMANDS = (_ingest, _inspect, _detect, _evaluate, _synth)
+FAST_EXIT_COMMANDS = (_ingest, _inspect, _detect, _evaluate, _synth, _detections)
 
 
 def run() -> None:

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
 from hsad_scale import cluster, cube as cubes, evaluate, outputs, plots, report
@@ -57,6 +58,9 @@ class DetectOptions:
     ensemble: str = "mean"
     device: str = "auto"
     model: str | None = None
+    pfa: float = 1e-3  # hsad_scale.detections.DEFAULT_PFA (its docstring gives the reason)
+    threshold: str = "empirical"
+    normalise: bool = False
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -69,6 +73,20 @@ class DetectOptions:
             raise InputError(f"unknown device {self.device!r}; choose from auto, cpu, cuda")
         if self.model is not None and not Path(self.model).exists():
             raise InputError(f"model {self.model} does not exist")
+        check_threshold_options(self.method, self.pfa, self.threshold)
+
+
+def check_threshold_options(method: str, pfa: float, rule: str) -> None:
+    """InputError for a PFA outside (0, 1), an unknown rule, or the chi-square rule on
+    anything but RX scores."""
+    from hsad_scale.detections import RULES, check_pfa
+
+    check_pfa(pfa)
+    if rule not in RULES:
+        raise InputError(f"unknown threshold rule {rule!r}; choose from {', '.join(RULES)}")
+    if rule == "chi2" and method != "rx":
+        raise InputError(f"the chi-square threshold applies to RX scores (squared Mahalanobis distances), "
+                         f"not to {method.upper()} scores: use --threshold empirical")
 
 
 @dataclass
@@ -141,12 +159,48 @@ def write_score_store(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset, cl
     return xr.open_zarr(run_dir / "scores.zarr", consolidated=False, decode_coords="all", chunks=None)
 
 
-def write_geotiff(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset) -> bool:
-    """``scores.tif`` of the ``score`` map when the cube has a CRS."""
-    if cube_ds.rio.crs is None:
-        return False
-    outputs.write_geotiff(scores["score"], run_dir / "scores.tif")
-    return True
+def write_geotiff(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset, normalise: bool = False) -> dict:
+    """``scores.tif``: the ``score`` map as a Cloud Optimized GeoTIFF, georeferenced when the
+    cube has a CRS, else on the pixel grid; ``normalise``: min-max scaled to 0-1 (monotone).
+    Returns what ``run.json`` records of it."""
+    import dask
+
+    score = scores["score"]
+    bounds = None
+    if normalise:
+        data = score.data if hasattr(score.data, "dask") else score.chunk().data
+        lo, hi = dask.compute(data.map_blocks(_finite_min, dtype=float).min(),
+                              data.map_blocks(_finite_max, dtype=float).max())
+        bounds = (float(lo), float(hi))
+    outputs.write_score_cog(score, run_dir / "scores.tif", normalise=bounds)
+    return {"file": "scores.tif", "format": "COG", "crs": None if score.rio.crs is None else score.rio.crs.to_string(),
+            "normalised": None if bounds is None else {"method": "min-max", "min": bounds[0], "max": bounds[1]}}
+
+
+def _finite_min(block):
+    finite = block[np.isfinite(block)]
+    return np.full((1,) * block.ndim, finite.min() if finite.size else np.inf)
+
+
+def _finite_max(block):
+    finite = block[np.isfinite(block)]
+    return np.full((1,) * block.ndim, finite.max() if finite.size else -np.inf)
+
+
+def write_detections(folder: Path, maps: xr.Dataset, cube_ds: xr.Dataset | None, method: str, pfa: float,
+                     rule: str, truth=None) -> tuple:
+    """``folder/detections/`` (:func:`hsad_scale.detections.run_detections`) of the ``score``
+    map: chi-square threshold reported for RX (B = the cube's bands), peak spectra from the
+    cube, object-level figures with ``truth``. Returns ``(GeoDataFrame, record)``."""
+    from hsad_scale.detections import run_detections
+
+    cube = cube_ds[cubes.CUBE] if cube_ds is not None and cubes.CUBE in cube_ds else None
+    bands = cube.sizes["band"] if method == "rx" and cube is not None else None
+    folder.mkdir()
+    score = maps["score"]
+    if score.rio.crs is None and cube_ds is not None and cube_ds.rio.crs is not None:
+        score = score.rio.write_crs(cube_ds.rio.crs).rio.write_transform(cube_ds.rio.transform())
+    return run_detections(score, folder, pfa=pfa, rule=rule, bands=bands, cube=cube, truth=truth)
 
 
 def evaluate_scores(cube_ds: xr.Dataset, scores: xr.Dataset) -> dict | None:
@@ -197,18 +251,20 @@ def warn_skipped(skipped: dict) -> None:
 
 
 def write_report_files(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset, result: dict | None, title: str,
-                       curve: tuple | None = None, skipped: dict | None = None) -> None:
+                       curve: tuple | None = None, found=None, skipped: dict | None = None) -> None:
     """``metrics.json``, ``roc.png`` (with ground truth; ``curve``: the ROC of ``score`` when
-    already computed) and ``map.png`` (from every k-th pixel: lazy maps are not loaded whole).
+    already computed), ``map.png`` (from every k-th pixel: lazy maps are not loaded whole;
+    map coordinates when georeferenced; the detections of ``found = (GeoDataFrame, record)``
+    outlined) and, with ground truth and detections, ``objects.png`` (object-level curve).
     The figures are best-effort: one that cannot be drawn is named in ``skipped`` (see
     :func:`best_effort`; raised when ``skipped`` is None)."""
     truth = cube_ds[cubes.GROUND_TRUTH] if cubes.GROUND_TRUTH in cube_ds else None
     if result is not None:
         outputs.write_json(run_dir / "metrics.json", result)
     if skipped is None:
-        _write_map(run_dir, scores, truth, title)
+        write_detection_figures(run_dir, scores, truth, title, found)
     else:
-        best_effort(skipped, "map.png", _write_map, run_dir, scores, truth, title)
+        best_effort(skipped, "map.png", write_detection_figures, run_dir, scores, truth, title, found)
     if result is None:
         return
     if skipped is None:
@@ -228,6 +284,23 @@ def _write_roc(run_dir: Path, scores: xr.Dataset, truth, result: dict, title: st
         mean_auc = result["runs_summary"]["mean"]["auc"]
         curves[f"runs: mean ± 1 sd (AUC {mean_auc:.4f})"] = result["averaged_roc"]
     plots.save(plots.plot_roc(curves, title=f"ROC: {title}"), run_dir / "roc.png")
+
+
+def write_detection_figures(run_dir: Path, scores: xr.Dataset, truth, title: str, found=None) -> None:
+    """``map.png`` (detections outlined when ``found``) and ``objects.png`` (when ``found``
+    holds an object-level evaluation)."""
+    from hsad_scale.detections import MapGrid
+
+    frame, record = found if found is not None else (None, {})
+    grid = MapGrid.of(scores["score"])
+    plots.save(plots.plot_maps({title: scores["score"]}, truth, grid=grid,
+                               outlines=None if frame is None else list(frame.geometry.dropna()),
+                               outline_label=None if frame is None else
+                               f"detections at PFA {record['pfa']:g} ({len(frame)})"), run_dir / "map.png")
+    if "object_evaluation" in record:
+        plots.save(plots.plot_objects(record["object_evaluation"], title=f"Objects: {title}"), run_dir / "objects.png")
+    if frame is not None and "spectrum" in frame and frame["spectrum"].notna().any():
+        plots.save(plots.plot_detection_spectra(frame), run_dir / "spectra.png")
 
 
 def learned_config(options: DetectOptions):
@@ -308,7 +381,7 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         lazy_scores, details = fit_and_score(cube_ds, options, tmp, client, stage)
         grid_ds, lazy_scores = cubes.on_output_grid(cube_ds, lazy_scores)  # EMIT: through the GLT
         scores = stage.run("score", write_score_store, tmp, grid_ds, lazy_scores, client)
-        stage.run("geotiff", write_geotiff, tmp, grid_ds, scores)
+        details["scores_tif"] = stage.run("geotiff", write_geotiff, tmp, grid_ds, scores, options.normalise)
         # maps read in blocks (large ones counted on the cluster): client memory does not grow with the scene
         maps = cubes.open_maps(tmp / "scores.zarr")
         truth_ds = cube_ds.assign({cubes.GROUND_TRUTH: cubes.open_maps(cube_path)[cubes.GROUND_TRUTH]}) \
@@ -317,7 +390,15 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         skipped: dict = {}
         result, curve = best_effort(skipped, "metrics", stage.run, "evaluate", evaluate_with_roc, truth_ds, maps) \
             or (None, None)
-        stage.run("report", write_report_files, tmp, truth_ds, scores, result, options.method.upper(), curve, skipped)
+        # on the cube's own grid the peak spectra are read from it; a GLT grid (EMIT) has none
+        spectra_ds = cube_ds if grid_ds is cube_ds else None
+        found = stage.run("detections", write_detections, tmp / "detections", maps, spectra_ds, options.method,
+                          options.pfa, options.threshold, truth_ds.get(cubes.GROUND_TRUTH))
+        details["detections"] = found[1]
+        if result is not None and "object_evaluation" in found[1]:
+            result["objects"] = found[1]["object_evaluation"]
+        stage.run("report", write_report_files, tmp, truth_ds, scores, result, options.method.upper(), curve, found,
+                  skipped)
         record = run_record(src, out, cube_path, cube_ds, options, details, result, stage.seconds, client)
         record = {**record, **(record_extra or {}), "skipped": skipped}
         outputs.write_json(tmp / "run.json", record)
@@ -328,7 +409,70 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         print(f"[hsad] wrote {out}", file=sys.stderr)
         if result:
             print(f"[hsad] AUC {result['auc']:.4f}  TPR@FPR1e-2 {result['tpr_at_fpr_0.01']:.3f}", file=sys.stderr)
+        print(detections_line(details["detections"]), file=sys.stderr)
     return out
+
+
+def detections_line(record: dict) -> str:
+    """One line on the detections of a run: objects, threshold, flagged pixels against PFA x N."""
+    threshold = "none" if record["threshold"] is None else f"{record['threshold']:.6g}"
+    line = (f"[hsad] {record['objects']} detection(s) at PFA {record['pfa']:g} ({record['rule']} threshold "
+            f"{threshold}: {record['flagged_pixels']} pixels flagged, PFA x N = {record['expected_pixels']:.1f})")
+    if record.get("chi2") and record["rule"] != "chi2":
+        line += f"; chi-square threshold {record['chi2']['threshold']:.6g} would flag {record['chi2']['flagged_pixels']}"
+    return line
+
+
+def redo_detections(run_dir, pfa: float, rule: str = "empirical", overwrite: bool = False, quiet: bool = False) -> Path:
+    """``hsad detections RUN_DIR``: threshold an existing run's score map again (no
+    rescoring) into ``RUN_DIR/detections/`` (written whole, or not at all; an existing one is
+    replaced only with ``overwrite``), then update ``run.json``, ``metrics.json``,
+    ``map.png``, ``objects.png`` and ``report.html``. Reads the run's cube (for peak spectra,
+    ground truth and the chi-square degrees of freedom) when it is still there."""
+    import json
+
+    from hsad_scale.atomic import atomic_path, check_destination
+
+    run_dir = Path(run_dir)
+    record_path = run_dir / "run.json"
+    if not (run_dir / "scores.zarr").is_dir() or not record_path.is_file():
+        raise InputError(f"{run_dir} is not a run folder of hsad detect (no scores.zarr or run.json)")
+    try:
+        run = json.loads(record_path.read_text())
+    except ValueError as exc:
+        raise InputError(f"{record_path} is not valid JSON: {exc}") from None
+    method = str(run.get("method", "rx"))
+    check_threshold_options(method, pfa, rule)
+    check_destination(run_dir / "detections", overwrite)
+    cube_path = Path(str(run.get("cube", "")))
+    cube_ds = cubes.open_cube(cube_path) if run.get("cube") and cubes.is_cube_store(cube_path) else None
+    if cube_ds is None:
+        print(f"[hsad] warning: the run's cube {cube_path} is gone: no peak spectra, no object-level evaluation"
+              + (", no chi-square threshold" if method == "rx" else ""), file=sys.stderr)
+    maps = cubes.open_maps(run_dir / "scores.zarr")
+    truth = cubes.open_maps(cube_path)[cubes.GROUND_TRUTH] if cube_ds is not None and cubes.GROUND_TRUTH in cube_ds else None
+    with atomic_path(run_dir / "detections", overwrite) as tmp:
+        found = write_detections(Path(tmp), maps, cube_ds, method, pfa, rule, truth)
+    run["detections"] = found[1]
+    _replace_json(record_path, run)
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.is_file() and "object_evaluation" in found[1]:
+        metrics = json.loads(metrics_path.read_text())
+        metrics["objects"] = found[1]["object_evaluation"]
+        _replace_json(metrics_path, metrics)
+    scores = xr.open_zarr(run_dir / "scores.zarr", consolidated=False, decode_coords="all", chunks=None)
+    write_detection_figures(run_dir, scores, truth, method.upper(), found)
+    report.write_report(run_dir)
+    if not quiet:
+        print(detections_line(found[1]), file=sys.stderr)
+        print(f"[hsad] wrote {run_dir / 'detections'}", file=sys.stderr)
+    return run_dir / "detections"
+
+
+def _replace_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    outputs.write_json(tmp, payload)
+    tmp.replace(path)
 
 
 def run_record(src, out, cube_path, cube_ds, options: DetectOptions, details: dict, result, seconds, client) -> dict:
