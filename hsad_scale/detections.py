@@ -608,10 +608,11 @@ def write_vectors(frame, folder) -> list[str]:
     names = ["detections.parquet", "detections.geojson", "peaks.geojson", "detections.csv"]
     if "spectrum" in frame:
         with_spectra = frame[frame["spectrum"].notna()]
-        n_bands = len(with_spectra["spectrum"].iloc[0]) if len(with_spectra) else 0
+        n_bands = len(with_spectra["spectrum"].iloc[0]) if len(with_spectra) else len(wavelength or ())
         columns = [f"{w:g}" for w in wavelength] if wavelength else [f"band_{b}" for b in range(n_bands)]
-        table = pd.DataFrame(np.array(with_spectra["spectrum"].tolist(), dtype=np.float32).reshape(-1, n_bands),
-                             columns=columns)
+        rows = np.array(with_spectra["spectrum"].tolist(), dtype=np.float32) if len(with_spectra) \
+            else np.empty((0, len(columns)), dtype=np.float32)  # no detection: the header alone
+        table = pd.DataFrame(rows, columns=columns)
         table.insert(0, "id", with_spectra["id"].to_numpy())
         table.to_csv(folder / "spectra.csv", index=False)
         names.append("spectra.csv")
