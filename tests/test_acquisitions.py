@@ -493,7 +493,7 @@ def write_emit_l2a(path, refl, good):
     return glt_x, glt_y
 
 
-def test_emit_l2a_scores_on_the_glt_grid(tmp_path, hydice, client):
+def test_emit_l2a_scores_on_the_glt_grid(capfd, tmp_path, hydice, client):
     from hsad_scale.pipeline import run_detect
 
     data, _ = hydice
@@ -525,6 +525,11 @@ def test_emit_l2a_scores_on_the_glt_grid(tmp_path, hydice, client):
     assert not (swath / "scores.tif").exists()  # swath geometry has no affine
     record = json.loads((ortho / "run.json").read_text())
     assert record["ingest"]["dropped_bands"] == [0, 1, 100, 101, 102]
+    capfd.readouterr()
+    assert hsad("inspect", tmp_path / "EMIT_L2A_RFL.nc") == 0
+    out = capfd.readouterr().out
+    assert f"orthorectified grid {glt_x.shape[0]} x {glt_x.shape[1]}, EPSG:4326" in out
+    assert "157 kept of 162; left out: 0-1, 100-102" in out
 
 
 def xr_open(path):

@@ -179,7 +179,8 @@ def _apply_prisma(source: SceneSource, prisma: dict) -> None:
     if usable.all():
         source.wavelength = w
     else:  # flagged-off bands carry wavelength 0: the rest is still a wavelength in nm
-        source.bad_bands.update({int(i): f"{prisma['list']} = 0 (PRISMA)" for i in np.flatnonzero(~usable)})
+        for i in np.flatnonzero(~usable):
+            source.bad_bands.setdefault(int(i), f"{prisma['list']} = 0 (PRISMA)")
         source.wavelength = np.where(usable, w, np.nan)
     if "scale" in prisma:
         lo, hi = prisma["scale"]
