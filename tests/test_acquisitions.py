@@ -264,15 +264,18 @@ def write_mat73(path, variables: dict):
     return path
 
 
-@pytest.mark.parametrize("version", ["5", "7.3"])
-def test_mat_band_first_decided_by_ground_truth(capfd, tmp_path, hydice, version):
+@pytest.mark.parametrize(("version", "gt_shape"), [("5", None), ("7.3", None), ("5", (1, ROWS, COLS)),
+                                                  ("7.3", (1, ROWS, COLS))])
+def test_mat_band_first_decided_by_ground_truth(capfd, tmp_path, hydice, version, gt_shape):
+    """PyTorch-style (bands, rows, cols) cube; its ground truth (rows, cols) or (1, rows, cols)."""
     data, gt = hydice
     chw = np.ascontiguousarray(np.transpose(data, (2, 0, 1)))  # (bands, rows, cols)
     path = tmp_path / "chw.mat"
+    saved_gt = gt if gt_shape is None else gt.reshape(gt_shape)
     if version == "5":
-        scipy.io.savemat(path, {"data": chw, "map": gt})
+        scipy.io.savemat(path, {"data": chw, "map": saved_gt})
     else:
-        write_mat73(path, {"data": chw, "map": gt})
+        write_mat73(path, {"data": chw, "map": saved_gt})
     capfd.readouterr()
     ds = ingested(tmp_path, path)
     assert "stored with its bands on axis 0" in capfd.readouterr().err
