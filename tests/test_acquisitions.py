@@ -377,12 +377,13 @@ def test_netcdf_band_first_without_dim_names(capfd, tmp_path, hydice):
         f["cube"] = np.ascontiguousarray(np.transpose(data, (2, 0, 1)))
     refused(capfd, tmp_path, tmp_path / "chw.h5", match="--band-axis")
     assert_pixels(ingested(tmp_path, tmp_path / "chw.h5", "--band-axis", "first"), data)
-    with h5py.File(tmp_path / "chw_gt.h5", "w") as f:
-        f["cube"] = np.ascontiguousarray(np.transpose(data, (2, 0, 1)))
-        f["gt"] = gt
-    ds = ingested(tmp_path, tmp_path / "chw_gt.h5", dest="g.zarr")
-    assert_pixels(ds, data)
-    np.testing.assert_array_equal(ds[cubes.GROUND_TRUTH].values, gt)
+    for name, saved in (("gt", gt), ("anomaly_mask", gt[None])):  # (rows, cols) or (1, rows, cols)
+        with h5py.File(tmp_path / f"{name}.h5", "w") as f:
+            f["cube"] = np.ascontiguousarray(np.transpose(data, (2, 0, 1)))
+            f[name] = saved
+        ds = ingested(tmp_path, tmp_path / f"{name}.h5", dest=f"{name}.zarr")
+        assert_pixels(ds, data)
+        np.testing.assert_array_equal(ds[cubes.GROUND_TRUTH].values, gt)
 
 
 PRISMA_VNIR = "HDFEOS/SWATHS/PRS_L2D_HCO/Data Fields/VNIR_Cube"
