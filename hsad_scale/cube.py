@@ -1,6 +1,9 @@
 """Scenes as chunked Zarr cubes: ``cube`` float32 ``(band, y, x)``, the whole band axis in
 one chunk, invalid pixels NaN; optional ``wavelength`` (nm, on ``band``), ``spatial_ref``
-(rioxarray's CRS/transform) and ``ground_truth`` uint8 ``(y, x)``."""
+(rioxarray's CRS/transform), ``ground_truth`` uint8 ``(y, x)`` and an EMIT GLT (``glt_x``,
+``glt_y``). The ``cube`` attributes record what ingest decided: ``dropped_bands`` /
+``dropped_band_reasons`` (source band indices), ``source_bands``, ``source_dtype``, ``nodata``,
+``scale_applied``/``offset_applied`` and ``hsad_warnings`` (the readers' decisions)."""
 
 from __future__ import annotations
 
@@ -62,7 +65,7 @@ def scene_dataset(source: SceneSource, chunk: int = DEFAULT_CHUNK, drop_bands: s
             ds = ds.rio.write_transform(source.transform)
     ds[CUBE].attrs.update(long_name="radiance or reflectance", **_scalar_attrs(source.attrs))
     ds[CUBE].attrs.update(survey.attrs(), source_dtype=str(source.cube.dtype))
-    if source.nodata is not None:
+    if source.nodata is not None and np.isfinite(source.nodata):
         ds[CUBE].attrs["nodata"] = source.nodata
     if source.notes:
         ds[CUBE].attrs["hsad_warnings"] = list(source.notes)
