@@ -170,6 +170,7 @@ def _watch(args) -> None:
     params = _watch_options(args)
     watching.landing_fs(args.landing)
     watching.prepare_output(args.out)
+    quiet_prefect_console()
     from flows import local_run, start_prefect
 
     prefect = start_prefect()
@@ -178,12 +179,21 @@ def _watch(args) -> None:
     with local_run(args.dask_address, start_cluster=False, prefect=prefect) as address:
         rows = watch(landing=args.landing, out=args.out, dask_address=address, **params)
     failed = [r for r in rows if r["status"] == "failed"]
-    if failed:
-        first = f"{failed[0]['acquisition']}: {failed[0]['error']}"
-        message = f"{len(failed)} of {len(rows)} acquisition(s) failed (recorded in {Path(args.out) / 'ledger.json'}); {first}"
+    if failed:  # each one has had its line ("[hsad] failed: ...")
+        names = ", ".join(r["acquisition"] for r in failed[:3]) + (", ..." if len(failed) > 3 else "")
+        message = (f"{len(failed)} of {len(rows)} acquisition(s) failed: {names} (details in "
+                   f"{Path(args.out) / 'ledger.json'} and the flow run's logs)")
         if all(r.get("error_kind") == "input" for r in failed):
             raise InputError(message)
         raise RuntimeError(message)
+
+
+def quiet_prefect_console() -> None:
+    """Prefect's console handler (flow and task run lines, task tracebacks, and every other
+    library's warnings through the root logger) shows only CRITICAL records: a watch prints
+    one line per failed acquisition, while the flow runs' logs still reach Prefect's API.
+    Set before Prefect is imported; ``PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL`` overrides it."""
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 
 def _serve(args) -> None:
