@@ -82,10 +82,15 @@ def _sweep(args) -> None:
     from flows.sweep import sweep
 
     with local_run(args.dask_address, prefect=prefect) as address:
-        best = sweep(cube=args.cube, grid=args.grid, out=args.out, repeats=args.repeats, criterion=args.criterion,
-                     device=args.device, dask_address=address, overwrite=args.overwrite)
-    if best is None:
-        raise RuntimeError(f"every trial failed (see the error column of {Path(args.out) / 'results.csv'})")
+        state = sweep(cube=args.cube, grid=args.grid, out=args.out, repeats=args.repeats, criterion=args.criterion,
+                      device=args.device, dask_address=address, overwrite=args.overwrite, return_state=True)
+    if not state.is_completed():  # failed trials (counted in the message), or the flow itself failed
+        from prefect.exceptions import FailedRun
+
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, Exception) and not isinstance(error, FailedRun):
+            raise error  # the flow raised: bad input (exit 2) or an internal error
+        raise RuntimeError(state.message or f"the sweep flow run ended {state.type.value}")
 
 
 def _watch_options(args) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import xarray as xr
@@ -14,6 +14,7 @@ import xarray as xr
 from hsad_scale import cluster, cube as cubes, evaluate, outputs, plots, report
 from hsad_scale.atomic import atomic_path, check_destination
 from hsad_scale.errors import InputError
+from hsad_scale.locations import absolute
 from hsad_scale.stats import BackgroundStats, whitener
 from hsad_scale.tiles import background_stats, map_roc_counts, score_map
 
@@ -259,6 +260,10 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
     runs (and times) each stage (the detect flow passes one that makes them Prefect tasks);
     ``record_extra`` is added to ``run.json``."""
     options = options or DetectOptions()
+    src, out = absolute(src), absolute(out)  # the task graphs run in other working directories
+    if options.model:
+        options = replace(options, model=str(absolute(options.model)))
+    ingest_options = {k: absolute(v) if k == "gt" else v for k, v in (ingest_options or {}).items()}
     out = check_destination(out, overwrite)
     if not Path(src).exists():
         raise InputError(f"{src} does not exist")
