@@ -12,6 +12,7 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 
+from hsad_scale import progress
 from hsad_scale.atomic import atomic_path
 from hsad_scale.chunk_reader import zarr_dask_array
 from hsad_scale.errors import InputError
@@ -109,7 +110,8 @@ def write_cube(ds: xr.Dataset, dest: str | Path, *, compression: str = "none", o
     with atomic_path(dest, overwrite) as tmp:
         job = ds.to_zarr(tmp, encoding=encoding, compute=False, consolidated=False)
         # local threads: sources are files on this machine, and h5py/mat readers need no pickling
-        dask.compute(job, scheduler="threads")
+        with progress.local_tasks(f"writing {Path(dest).name}"):
+            dask.compute(job, scheduler="threads")
     return Path(dest)
 
 

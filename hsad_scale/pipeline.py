@@ -11,7 +11,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from hsad_scale import cluster, cube as cubes, evaluate, outputs, plots, report
+from hsad_scale import cluster, cube as cubes, evaluate, outputs, plots, progress, report
 from hsad_scale.atomic import atomic_path, check_destination
 from hsad_scale.errors import InputError
 from hsad_scale.locations import absolute
@@ -73,17 +73,21 @@ class DetectOptions:
 
 @dataclass
 class Stages:
-    """Wall time of each stage (seconds), printed as it goes."""
+    """Wall time of each stage (seconds), printed as it goes, with its progress while it runs
+    (the cluster's tasks and training steps, :mod:`hsad_scale.progress`) once ``client`` is set."""
 
     seconds: dict = field(default_factory=dict)
     quiet: bool = False
+    client: object = None
 
     @contextlib.contextmanager
     def __call__(self, name: str):
         if not self.quiet:
             print(f"[hsad] {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        yield
+        with progress.on_cluster(name, self.client) if self.client is not None and not self.quiet \
+                else contextlib.nullcontext():
+            yield
         self.seconds[name] = round(time.perf_counter() - start, 3)
         if not self.quiet:
             print(f"[hsad] {name} done in {self.seconds[name]:.1f} s", file=sys.stderr, flush=True)
@@ -278,6 +282,7 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         if client is None:
             _start_importing_learned(options)
             client = stack.enter_context(cluster.dask_client(dask_address))
+        stage.client = client
         link = cluster.dashboard_link(client)
         if link and not quiet:
             print(f"[hsad] Dask dashboard: {link}", file=sys.stderr)
