@@ -21,8 +21,9 @@ def _ingest(args) -> None:
 def _detect(args) -> None:
     from hsad_scale import cluster
 
-    if cluster.local_cluster_wanted(args.dask_address) and not getattr(args, "flow", False):
-        # the workers' modules load in the background while this process imports its own
+    if cluster.local_cluster_wanted(args.dask_address):
+        # the workers' modules load in the background while this process imports its own (and
+        # while Prefect's API starts, with --flow)
         cluster.start_worker_server(cluster.LEARNED_WORKER_MODULES if args.method in ("ae", "vae")
                                     else cluster.WORKER_MODULES)
     if args.method is None:  # the saved model's detector, else RX
@@ -314,18 +315,19 @@ def execute(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Commands whose process may end without the interpreter's teardown (no Prefect client,
-#: whose exit handlers send its last logs and events, and every output already renamed into
-#: place and closed): the teardown of a process that loaded PyTorch, xarray and Dask takes
-#: 1-1.5 s on 2 vCPUs, 10 % of an AE run on a 1024 x 1024 scene.
-FAST_EXIT_COMMANDS = (_ingest, _detect, _evaluate, _synth)
+#: Commands whose process may end without the interpreter's teardown (every output already
+#: renamed into place and closed; with a flow, Prefect's last logs and events already sent to
+#: a configured API by flows.PrefectStart.stop, or its temporary API gone): the teardown of a
+#: process that loaded PyTorch, xarray and Dask takes 1-1.5 s on 2 vCPUs, 10 % of an AE run
+#: on a 1024 x 1024 scene.
+FAST_EXIT_COMMANDS = (_ingest, _detect, _evaluate, _synth, _sweep, _watch)
 
 
 def run() -> None:
     """The ``hsad`` console script: :func:`main`, then exit."""
     args = build_parser().parse_args()
     status = execute(args)
-    if getattr(args, "run", None) in FAST_EXIT_COMMANDS and not getattr(args, "flow", False):
+    if getattr(args, "run", None) in FAST_EXIT_COMMANDS:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)

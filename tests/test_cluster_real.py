@@ -216,3 +216,19 @@ def test_a_sweep_whose_trials_fail_is_a_failed_flow_run(external_cluster, user_c
                     break
                 time.sleep(0.5)
         assert len(trials) == 2 and all(r.state.is_failed() for r in trials), [(r.name, r.state) for r in trials]
+
+
+def test_a_flow_without_a_prefect_api_says_its_history_is_temporary(user_cwd):
+    """``--flow`` with no PREFECT_API_URL: one line says the run history is temporary and how
+    to keep it; no link to the temporary UI; no distributed INFO logs on the terminal."""
+    result = _hsad(["detect", f"{DATA_NAME}/scene.zarr", "--out", "runs/flow", "--flow"], user_cwd)
+    assert result.returncode == 0, result.stderr
+    from flows import TEMPORARY_NOTICE
+
+    lines = result.stderr.splitlines()
+    assert lines.count(TEMPORARY_NOTICE) == 1 and "hsad serve" in TEMPORARY_NOTICE
+    links = [line for line in lines if "http://" in line and "dashboard" not in line and line != TEMPORARY_NOTICE]
+    assert not links and not [line for line in lines if "View at" in line], result.stderr
+    assert not [line for line in lines if "distributed." in line], result.stderr
+    record = json.loads((user_cwd / "runs" / "flow" / "run.json").read_text())
+    assert record["prefect"]["flow"] == "detect"
