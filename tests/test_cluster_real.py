@@ -69,15 +69,17 @@ def external_cluster(tmp_path_factory):
     preload = base / "audit_opens.py"
     preload.write_text(AUDIT_PRELOAD)
     log = base / "scheduler-opens.log"
-    env = {**os.environ, "HSAD_TEST_OPEN_LOG": str(log)}
+    from hsad_scale.cluster import CONFIG_FILE
+
+    # hsad's one Dask configuration file, as the SLURM jobs read it (the images: /etc/dask)
+    env = {**os.environ, "HSAD_TEST_OPEN_LOG": str(log), "DASK_CONFIG": str(CONFIG_FILE.parent)}
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     scheduler = subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port",
                                   str(port), "--dashboard-address", "127.0.0.1:0", "--preload", str(preload)],
                                  cwd=scheduler_cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers = subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--host", "127.0.0.1",
-                                "--nworkers", "2", "--nthreads", "1", "--dashboard-address", "127.0.0.1:0",
-                                "--preload", "hsad_scale.learned"],
+                                "--nworkers", "2", "--nthreads", "1", "--dashboard-address", "127.0.0.1:0"],
                                cwd=worker_cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for_workers(address, 2)
@@ -133,6 +135,28 @@ def _hsad(args: list[str], cwd: Path, timeout: float = 400) -> subprocess.Comple
 
 def _scheduler_opens(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
+
+
+def test_the_dask_configuration_file_tunes_the_scheduler_and_workers(external_cluster):
+    from distributed import Client
+
+    from hsad_scale.cluster import WORKER_ENV
+
+    def _worker_state():  # nested: sent by value (the workers cannot import this test module)
+        import os
+        import sys
+
+        names = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "OMP_NUM_THREADS")
+        return ({name: os.environ.get(name) for name in names},
+                "hsad_scale.learned" in sys.modules and "torch" in sys.modules)
+
+    address, _, _ = external_cluster
+    with Client(address) as client:
+        states = client.run(_worker_state)
+        saturation = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.WORKER_SATURATION)
+    assert len(states) == 2 and saturation == float("inf")
+    for env, preloaded in states.values():
+        assert preloaded and env == {k: str(WORKER_ENV[k]) for k in env}
 
 
 def test_detect_rx_and_ae_with_relative_paths_on_an_external_cluster(external_cluster, user_cwd):
