@@ -192,9 +192,22 @@ def _synth(args) -> None:
     print(f"[hsad] wrote {args.dest}", file=sys.stderr)
 
 
+def _version() -> str:
+    """The installed hsad-scale's version (the package's own when it is not installed)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("hsad-scale")
+    except importlib.metadata.PackageNotFoundError:
+        from hsad_scale import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsad", description="Hyperspectral anomaly detection at scale (RX, AE, VAE) on chunked Zarr cubes.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    parser.add_argument("--version", action="version", version=f"hsad {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common_source(p):
