@@ -57,8 +57,9 @@ def _detect(args) -> None:
     from hsad_scale import cluster
 
     _check_detect(args)  # bad input fails before anything starts
-    if cluster.local_cluster_wanted(args.dask_address) and not getattr(args, "flow", False):
-        # the workers' modules load in the background while this process imports its own
+    if cluster.local_cluster_wanted(args.dask_address):
+        # the workers' modules load in the background while this process imports its own (and
+        # while Prefect's API starts, with --flow)
         cluster.start_worker_server(cluster.LEARNED_WORKER_MODULES if args.method in ("ae", "vae")
                                     else cluster.WORKER_MODULES)
     if args.method is None:  # the saved model's detector, else RX
@@ -148,10 +149,15 @@ def _sweep(args) -> None:
     from flows.sweep import sweep
 
     with local_run(args.dask_address, prefect=prefect) as address:
-        best = sweep(cube=args.cube, grid=args.grid, out=args.out, repeats=args.repeats, criterion=args.criterion,
-                     device=args.device, dask_address=address, overwrite=args.overwrite)
-    if best is None:
-        raise RuntimeError(f"every trial failed (see the error column of {Path(args.out) / 'results.csv'})")
+        state = sweep(cube=args.cube, grid=args.grid, out=args.out, repeats=args.repeats, criterion=args.criterion,
+                      device=args.device, dask_address=address, overwrite=args.overwrite, return_state=True)
+    if not state.is_completed():  # failed trials (counted in the message), or the flow itself failed
+        from prefect.exceptions import FailedRun
+
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, Exception) and not isinstance(error, FailedRun):
+            raise error  # the flow raised: bad input (exit 2) or an internal error
+        raise RuntimeError(state.message or f"the sweep flow run ended {state.type.value}")
 
 
 def _watch_options(args) -> dict:
@@ -276,9 +282,22 @@ class HsadParser(argparse.ArgumentParser):
         self.exit(2, f"hsad: error: {message} (see {self.prog} --help)\n")
 
 
+def _version() -> str:
+    """The installed hsad-scale's version (the package's own when it is not installed)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("hsad-scale")
+    except importlib.metadata.PackageNotFoundError:
+        from hsad_scale import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = HsadParser(prog="hsad", description="Hyperspectral anomaly detection at scale (RX, AE, VAE) on chunked Zarr cubes.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    parser.add_argument("--version", action="version", version=f"hsad {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def source_layout(p):
@@ -471,18 +490,19 @@ def execute(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Commands whose process may end without the interpreter's teardown (no Prefect client,
-#: whose exit handlers send its last logs and events, and every output already renamed into
-#: place and closed): the teardown of a process that loaded PyTorch, xarray and Dask takes
-#: 1-1.5 s on 2 vCPUs, 10 % of an AE run on a 1024 x 1024 scene.
-FAST_EXIT_COMMANDS = (_ingest, _inspect, _detect, _evaluate, _synth, _detections)
+#: Commands whose process may end without the interpreter's teardown (every output already
+#: renamed into place and closed; with a flow, Prefect's last logs and events already sent to
+#: a configured API by flows.PrefectStart.stop, or its temporary API gone): the teardown of a
+#: process that loaded PyTorch, xarray and Dask takes 1-1.5 s on 2 vCPUs, 10 % of an AE run
+#: on a 1024 x 1024 scene.
+FAST_EXIT_COMMANDS = (_ingest, _inspect, _detect, _evaluate, _synth, _detections, _sweep, _watch)
 
 
 def run() -> None:
     """The ``hsad`` console script: :func:`main`, then exit."""
     args = build_parser().parse_args()
     status = execute(args)
-    if getattr(args, "run", None) in FAST_EXIT_COMMANDS and not getattr(args, "flow", False):
+    if getattr(args, "run", None) in FAST_EXIT_COMMANDS:
         sys.stdout.flush()
         sys.stderr.flush()
         if "hsad_scale.cluster" in sys.modules:
