@@ -338,6 +338,11 @@ def test_truncated_or_corrupt_files_are_named(capfd, tmp_path, hydice):
         assert str(path) in line
     (tmp_path / "junk.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x07" * 500)
     assert str(tmp_path / "junk.h5") in refused(capfd, tmp_path, tmp_path / "junk.h5")
+    with rasterio.open(tmp_path / "rgb.png", "w", driver="PNG", width=COLS, height=ROWS, count=3,
+                       dtype="uint8") as dst:  # an RGB picture named .tif is not a cube
+        dst.write(np.zeros((3, ROWS, COLS), np.uint8))
+    (tmp_path / "rgb.png").rename(tmp_path / "rgb.tif")
+    assert "not a GeoTIFF" in refused(capfd, tmp_path, tmp_path / "rgb.tif")
 
 
 # --- GeoTIFF ---------------------------------------------------------------------------------
