@@ -391,6 +391,20 @@ def test_netcdf_band_first_without_dim_names(capfd, tmp_path, hydice):
         np.testing.assert_array_equal(ds[cubes.GROUND_TRUTH].values, gt)
 
 
+def test_netcdf_single_time_step_cube(tmp_path, hydice):
+    data, _ = hydice
+    with netCDF4.Dataset(tmp_path / "t.nc", "w") as nc:
+        for name, size in zip(("time", "y", "x", "wavelength"), (1, *data.shape)):
+            nc.createDimension(name, size)
+        nc.createVariable("radiance", "u2", ("time", "y", "x", "wavelength"))[:] = data[None]
+        w = nc.createVariable("wavelength", "f8", ("wavelength",))
+        w[:] = WAVELENGTH_NM
+        w.units = "nm"
+    ds = ingested(tmp_path, tmp_path / "t.nc")
+    assert_pixels(ds, data)
+    np.testing.assert_allclose(ds["wavelength"].values, WAVELENGTH_NM)
+
+
 PRISMA_VNIR = "HDFEOS/SWATHS/PRS_L2D_HCO/Data Fields/VNIR_Cube"
 
 
