@@ -23,7 +23,7 @@ demo: setup
 	mkdir -p demo
 	$(VENV)/bin/hsad synth demo/scene.zarr --size 512x512 --bands 200 --seed 0 --overwrite
 	$(VENV)/bin/hsad detect demo/scene.zarr --method rx --out demo/run-rx --overwrite
-	@echo "open demo/run-rx/map.png, demo/run-rx/roc.png; figures in demo/run-rx/metrics.json"
+	@echo "open demo/run-rx/map.png, demo/run-rx/roc.png; numbers in demo/run-rx/metrics.json"
 
 ## test: the whole test suite (real scenes from ../shared/data/had)
 test: setup

@@ -99,9 +99,12 @@ class Stages:
     quiet: bool = False
     client: object = None
 
+    #: Stages that refuse bad input: no start line, so that a refusal stays one stderr line.
+    UNANNOUNCED = ("ingest",)
+
     @contextlib.contextmanager
     def __call__(self, name: str):
-        if not self.quiet:
+        if not self.quiet and name not in self.UNANNOUNCED:
             print(f"[hsad] {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         with progress.on_cluster(name, self.client) if self.client is not None and not self.quiet \
