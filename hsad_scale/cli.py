@@ -46,10 +46,10 @@ def _detect(args) -> None:
 def _detect_flow(args) -> None:
     """``hsad detect --flow``: the same run as a run of the Prefect ``detect`` flow (Prefect's
     API starts in the background first, while the rest loads and the cluster starts)."""
-    from hsad_scale.atomic import check_destination
+    from hsad_scale import locations
 
-    check_destination(args.out, args.overwrite)  # bad input fails before Prefect starts
-    if not Path(args.src).exists():
+    locations.check_destination(args.out, args.overwrite)  # bad input fails before Prefect starts
+    if not locations.exists(args.src):
         raise InputError(f"{args.src} does not exist")
     from flows import local_run, start_prefect
 
