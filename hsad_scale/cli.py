@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from hsad_scale.errors import InputError
@@ -13,14 +16,47 @@ from hsad_scale.errors import InputError
 def _ingest(args) -> None:
     from hsad_scale.cube import ingest
 
-    ingest(args.src, args.dest, gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk,
-           compression=args.compression, overwrite=args.overwrite)
+    ingest(args.src, args.dest, gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key, band_axis=args.band_axis,
+           drop_bands=args.drop_bands, swath=args.swath, chunk=args.chunk, compression=args.compression, overwrite=args.overwrite)
     print(f"[hsad] wrote {args.dest}", file=sys.stderr)
+
+
+def _check_detect(args) -> None:
+    """What can be checked of a detect command line at once (no data read, nothing heavy
+    imported): destination, source, scheduler address, options, AE/VAE settings and metrics."""
+    from hsad_scale import checks
+    from hsad_scale.atomic import check_destination
+
+    check_destination(args.out, args.overwrite)
+    if not Path(args.src).exists():
+        raise InputError(f"{args.src} does not exist")
+    checks.check_dask_address(args.dask_address)
+    if args.dashboard_address is not None:
+        checks.check_listen_address(args.dashboard_address, "--dashboard-address")
+    if args.repeats < 1:
+        raise InputError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.chunk < 1:
+        raise InputError(f"--chunk must be positive, got {args.chunk}")
+    method = args.method or (checks.saved_method(args.model) if args.model else "rx")
+    checks.check_metrics(method, _metrics(args))
+    config = None
+    if method in ("ae", "vae") and not args.model:
+        from hsad_scale.detectors.ae_config import resolve_config
+
+        config = resolve_config(method, args.preset, args.config, tuple(args.set or ()))
+    shape = checks.cube_store_shape(args.src)
+    if shape is not None:  # a cube store: its metadata gives the shape (a scene file's, after ingest)
+        checks.check_detect_inputs(method, _metrics(args), config, args.model, shape)
+
+
+def _metrics(args) -> tuple | None:
+    return tuple(m.strip() for m in args.metric.split(",") if m.strip()) or None if args.metric else None
 
 
 def _detect(args) -> None:
     from hsad_scale import cluster
 
+    _check_detect(args)  # bad input fails before anything starts
     if cluster.local_cluster_wanted(args.dask_address):
         # the workers' modules load in the background while this process imports its own (and
         # while Prefect's API starts, with --flow)
@@ -37,10 +73,12 @@ def _detect(args) -> None:
     metrics = tuple(m.strip() for m in args.metric.split(",") if m.strip()) if args.metric else None
     options = DetectOptions(method=args.method, preset=args.preset, config_file=args.config,
                             settings=tuple(args.set or ()), metrics=metrics, repeats=args.repeats,
-                            ensemble=args.ensemble, device=args.device, model=args.model)
-    ingest_options = dict(gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk)
+                            ensemble=args.ensemble, device=args.device, model=args.model, pfa=args.pfa,
+                            threshold=args.threshold, normalise=args.normalise)
+    ingest_options = dict(gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk,
+                          band_axis=args.band_axis, drop_bands=args.drop_bands, swath=args.swath)
     run_detect(args.src, args.out, options, overwrite=args.overwrite, dask_address=args.dask_address,
-               ingest_options=ingest_options)
+               ingest_options=ingest_options, dashboard_address=args.dashboard_address)
 
 
 def _detect_flow(args) -> None:
@@ -49,6 +87,9 @@ def _detect_flow(args) -> None:
     from hsad_scale import locations
 
     locations.check_destination(args.out, args.overwrite)  # bad input fails before Prefect starts
+    if args.band_axis or args.drop_bands or args.swath:
+        raise InputError("--band-axis, --drop-bands and --swath are not passed to the detect flow yet: "
+                         "run without --flow, or ingest first (hsad ingest ... --drop-bands ...)")
     if not locations.exists(args.src):
         raise InputError(f"{args.src} does not exist")
     from flows import local_run, start_prefect
@@ -59,14 +100,39 @@ def _detect_flow(args) -> None:
     metrics = [m.strip() for m in args.metric.split(",") if m.strip()] if args.metric else None
     learned_config(DetectOptions(method=args.method, preset=args.preset, config_file=args.config,
                                  settings=tuple(args.set or ()), metrics=tuple(metrics) if metrics else None,
-                                 repeats=args.repeats, ensemble=args.ensemble, device=args.device, model=args.model))
+                                 repeats=args.repeats, ensemble=args.ensemble, device=args.device, model=args.model,
+                                 pfa=args.pfa, threshold=args.threshold, normalise=args.normalise))
     from flows.detect import detect
 
     with local_run(args.dask_address, prefect=prefect) as address:
         detect(src=args.src, out=args.out, method=args.method, preset=args.preset, config=args.config,
                settings=list(args.set or ()), metrics=metrics, repeats=args.repeats, ensemble=args.ensemble,
                device=args.device, model=args.model, overwrite=args.overwrite, dask_address=address, gt=args.gt,
-               cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk)
+               cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk, pfa=args.pfa, threshold=args.threshold,
+               normalise=args.normalise)
+
+
+def _detections(args) -> None:
+    from hsad_scale.pipeline import redo_detections
+
+    redo_detections(args.run_dir, args.pfa, args.threshold, overwrite=args.overwrite)
+
+
+def threshold_options(p) -> None:
+    p.add_argument("--pfa", type=float, default=1e-3,
+                   help="probability of false alarm: the fraction of valid pixels flagged as detections "
+                        "(default 1e-3)")
+    p.add_argument("--threshold", default="empirical", choices=("empirical", "chi2"),
+                   help="threshold rule: empirical = the (1 - PFA) quantile of the scores (default; every "
+                        "detector); chi2 = chi-square with B degrees of freedom (RX only)")
+
+
+def _inspect(args) -> None:
+    """``hsad inspect SRC``: what ingest would read, printed; nothing written."""
+    from hsad_scale.inspect import describe
+
+    print(describe(args.src, gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key,
+                   band_axis=args.band_axis, drop_bands=args.drop_bands, swath=args.swath))
 
 
 def _sweep(args) -> None:
@@ -110,6 +176,7 @@ def _watch(args) -> None:
     params = _watch_options(args)
     watching.landing_fs(args.landing)
     watching.prepare_output(args.out)
+    quiet_prefect_console()
     from flows import local_run, start_prefect
 
     prefect = start_prefect()
@@ -118,12 +185,21 @@ def _watch(args) -> None:
     with local_run(args.dask_address, start_cluster=False, prefect=prefect) as address:
         rows = watch(landing=args.landing, out=args.out, dask_address=address, **params)
     failed = [r for r in rows if r["status"] == "failed"]
-    if failed:
-        first = f"{failed[0]['acquisition']}: {failed[0]['error']}"
-        message = f"{len(failed)} of {len(rows)} acquisition(s) failed (recorded in {Path(args.out) / 'ledger.json'}); {first}"
+    if failed:  # each one has had its line ("[hsad] failed: ...")
+        names = ", ".join(r["acquisition"] for r in failed[:3]) + (", ..." if len(failed) > 3 else "")
+        message = (f"{len(failed)} of {len(rows)} acquisition(s) failed: {names} (details in "
+                   f"{Path(args.out) / 'ledger.json'} and the flow run's logs)")
         if all(r.get("error_kind") == "input" for r in failed):
             raise InputError(message)
         raise RuntimeError(message)
+
+
+def quiet_prefect_console() -> None:
+    """Prefect's console handler (flow and task run lines, task tracebacks, and every other
+    library's warnings through the root logger) shows only CRITICAL records: a watch prints
+    one line per failed acquisition, while the flow runs' logs still reach Prefect's API.
+    Set before Prefect is imported; ``PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL`` overrides it."""
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 
 def _serve(args) -> None:
@@ -137,6 +213,10 @@ def _evaluate(args) -> None:
     from hsad_scale.evaluate import metrics_from_counts
     from hsad_scale.tiles import map_roc_counts
 
+    if args.json:  # an existing file is kept unless --overwrite: checked before any work
+        from hsad_scale.atomic import check_destination
+
+        check_destination(args.json, args.overwrite)
     scores = _load_map(args.scores, args.variable)
     if Path(args.gt).is_dir():
         truth = _load_map(args.gt, "ground_truth")
@@ -149,9 +229,12 @@ def _evaluate(args) -> None:
     for key, value in result.items():
         print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
     if args.json:
-        from hsad_scale.outputs import write_json
+        import json
 
-        write_json(Path(args.json), result)
+        from hsad_scale.atomic import write_file_atomic
+        from hsad_scale.stats import _jsonable
+
+        write_file_atomic(args.json, json.dumps(result, indent=2, default=_jsonable) + "\n", args.overwrite)
 
 
 def _load_map(path: str, variable: str):
@@ -192,6 +275,13 @@ def _synth(args) -> None:
     print(f"[hsad] wrote {args.dest}", file=sys.stderr)
 
 
+class HsadParser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage block stays in ``--help``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"hsad: error: {message} (see {self.prog} --help)\n")
+
+
 def _version() -> str:
     """The installed hsad-scale's version (the package's own when it is not installed)."""
     import importlib.metadata
@@ -205,15 +295,24 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hsad", description="Hyperspectral anomaly detection at scale (RX, AE, VAE) on chunked Zarr cubes.")
+    parser = HsadParser(prog="hsad", description="Hyperspectral anomaly detection at scale (RX, AE, VAE) on chunked Zarr cubes.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     parser.add_argument("--version", action="version", version=f"hsad {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def source_layout(p):
+        p.add_argument("--band-axis", help="stored axis holding the bands when the file does not say "
+                                           "(.mat/NetCDF/HDF5): first, middle, last, 0-2 or a dimension name")
+        p.add_argument("--drop-bands", help="bands to leave out: source indices and ranges (0-based) and "
+                                            "wavelength ranges in nm, e.g. 0-3,107,1350-1450nm")
+        p.add_argument("--swath", action="store_true", help="keep swath geometry: do not move maps "
+                                                            "through a GLT (EMIT) onto its orthorectified grid")
 
     def common_source(p):
         p.add_argument("--gt", help="ground truth file (.mat, GeoTIFF, .npy) when not inside SRC")
         p.add_argument("--cube-key", help="variable holding the cube (.mat/NetCDF); found by itself when omitted")
         p.add_argument("--gt-key", help="variable holding the ground truth (.mat); found by itself when omitted")
+        source_layout(p)
         p.add_argument("--chunk", type=int, default=256, help="tile size in pixels along y and x (default 256)")
         p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
@@ -224,6 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compression", default="none", choices=("none", "zstd", "lz4"),
                    help="codec of the cube store (default none: fastest to read twice)")
     p.set_defaults(run=_ingest)
+
+    p = sub.add_parser("inspect", help="print what ingest would read from a scene (layout, bands, wavelengths, "
+                                       "CRS, nodata, ground truth); writes nothing")
+    p.add_argument("src", help="scene file")
+    p.add_argument("--gt", help="ground truth file (.mat, GeoTIFF, .npy) when not inside SRC")
+    p.add_argument("--cube-key", help="variable (or HDF5 path) holding the cube (.mat/NetCDF/HDF5)")
+    p.add_argument("--gt-key", help="variable holding the ground truth")
+    source_layout(p)
+    p.set_defaults(run=_inspect)
 
     p = sub.add_parser("detect", help="score every pixel of a scene and write maps, metrics and plots")
     p.add_argument("src", help="a cube store (.zarr) or any scene file that ingest reads")
@@ -243,10 +351,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="apply a saved model (RUN_DIR/model, a model folder, or rx_stats.npz) without refitting")
     p.add_argument("--dask-address", default=os.environ.get("HSAD_DASK_ADDRESS"),
                    help="scheduler of an existing Dask cluster (default: a LocalCluster; env HSAD_DASK_ADDRESS)")
+    p.add_argument("--dashboard-address", metavar="HOST:PORT",
+                   help="where the LocalCluster's dashboard listens (default 127.0.0.1:8787, this machine only; "
+                        "e.g. 0.0.0.0:8787 opens it to the network)")
     p.add_argument("--flow", action="store_true",
                    help="run as a run of the Prefect detect flow (recorded on PREFECT_API_URL, else a temporary local API)")
+    threshold_options(p)
+    p.add_argument("--normalise", action="store_true",
+                   help="write scores.tif min-max scaled to 0-1 (monotone: same ranking and AUC; scores.zarr keeps raw scores)")
     common_source(p)
     p.set_defaults(run=_detect)
+
+    p = sub.add_parser("detections", help="threshold an existing run's score map at a PFA: detections/ (no rescoring)")
+    p.add_argument("run_dir", help="run folder of hsad detect")
+    threshold_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace the run's existing detections/")
+    p.set_defaults(run=_detections)
 
     p = sub.add_parser("evaluate", help="ROC figures of a score map against ground truth")
     p.add_argument("scores", help="score map: scores.zarr, GeoTIFF or .npy")
@@ -254,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt-key", help="variable holding the ground truth in a .mat file")
     p.add_argument("--variable", default="score", help="variable of a Zarr score store (default score)")
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(run=_evaluate)
 
     p = sub.add_parser("synth", help="generate a synthetic scene with implanted sub-pixel targets")
@@ -310,16 +431,57 @@ def main(argv: list[str] | None = None) -> int:
     return execute(build_parser().parse_args(argv))
 
 
-def execute(args: argparse.Namespace) -> int:
-    """Run parsed command line ``args``; return the exit status."""
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: raised in the main thread, so that every ``with`` block
+    unwinds (the cluster stops, temporary outputs are removed) before the command exits
+    with 128 + the signal's number (130, 143)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, frame) -> None:
+    import logging
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the clean-up runs once, uninterrupted
+        signal.signal(sig, signal.SIG_IGN)
+    # what the stopped cluster and its client log while they close (pending gathers cancelled,
+    # "Task exception was never retrieved") is no news: the command says it was interrupted
+    for name in ("asyncio", "distributed", "tornado"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the block (main thread only; the
+    previous handlers come back after it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        args.run(args)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def execute(args: argparse.Namespace) -> int:
+    """Run parsed command line ``args``; return the exit status: 0, 2 bad input, 1 internal
+    error, 130/143 interrupted by SIGINT/SIGTERM (temporary outputs removed)."""
+    try:
+        with _signals_interrupt():
+            args.run(args)
     except InputError as exc:
         print(f"hsad: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("hsad: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"hsad: interrupted by {signal.Signals(signum).name}: stopped, temporary output removed",
+              file=sys.stderr)
+        return 128 + signum
     except Exception as exc:  # an internal error: one line, traceback on --debug
         if args.debug:
             raise
@@ -333,7 +495,7 @@ def execute(args: argparse.Namespace) -> int:
 #: a configured API by flows.PrefectStart.stop, or its temporary API gone): the teardown of a
 #: process that loaded PyTorch, xarray and Dask takes 1-1.5 s on 2 vCPUs, 10 % of an AE run
 #: on a 1024 x 1024 scene.
-FAST_EXIT_COMMANDS = (_ingest, _detect, _evaluate, _synth, _sweep, _watch)
+FAST_EXIT_COMMANDS = (_ingest, _inspect, _detect, _evaluate, _synth, _detections, _sweep, _watch)
 
 
 def run() -> None:
@@ -343,6 +505,10 @@ def run() -> None:
     if getattr(args, "run", None) in FAST_EXIT_COMMANDS:
         sys.stdout.flush()
         sys.stderr.flush()
+        if "hsad_scale.cluster" in sys.modules:
+            from hsad_scale.cluster import remove_multiprocessing_tempdir
+
+            remove_multiprocessing_tempdir()  # no exit handlers run after os._exit
         os._exit(status)
     sys.exit(status)
 

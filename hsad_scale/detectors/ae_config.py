@@ -316,7 +316,9 @@ class BandScaling:
     def from_summary(cls, summary, mode: str) -> "BandScaling":
         """Scaling ``mode`` from a per-band :class:`hsad_scale.stats.BandSummary`."""
         _check(mode in SCALINGS, f"scaling mode must be one of {', '.join(SCALINGS)}; got {mode!r}")
-        _check(summary.count >= 2, "scaling needs at least two valid pixels")
+        if not summary.count >= 2:
+            raise InputError("the cube has fewer than two valid pixels (every other one is NaN or nodata in "
+                             "some band): band scaling needs at least two")
         if mode == "standardise":
             return cls(summary.mean, np.sqrt(np.maximum(summary.variance, 0.0)), "standardise")
         return cls.from_minmax(summary.minimum, summary.maximum, mode)
@@ -339,7 +341,9 @@ class BandScaling:
         """Scaling of ``pixels`` ``(n, B)`` (rows with NaN skipped)."""
         _check(mode in SCALINGS, f"scaling mode must be one of {', '.join(SCALINGS)}; got {mode!r}")
         x = pixels[np.isfinite(pixels).all(axis=1)]
-        _check(x.shape[0] >= 2, "scaling needs at least two valid pixels")
+        if not x.shape[0] >= 2:
+            raise InputError("the cube has fewer than two valid pixels (every other one is NaN or nodata in "
+                             "some band): band scaling needs at least two")
         if mode == "standardise":
             mean = x.mean(axis=0, dtype=np.float64)
             var = np.zeros_like(mean)
@@ -383,7 +387,9 @@ def resolve_config(method: str, preset: str | None = None, config_file: str | No
         if not path.is_file():
             raise InputError(f"config file {path} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise InputError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         except yaml.YAMLError as exc:
             raise InputError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(loaded, dict):
