@@ -58,6 +58,16 @@ def _run_name() -> str:
 @task(name="publish-report", task_run_name="publish-report", **TASK_OPTIONS)
 def publish_report(run_dir: str) -> None:
     """Prefect artifacts of a finished run folder: metrics table and links to its outputs."""
+    from hsad_scale import locations
+
+    if locations.is_url(run_dir):  # published on an object store: its record and location
+        fs, path = locations.filesystem(run_dir)
+        record = json.loads(fs.cat(f"{path}/run.json"))
+        metrics = record.get("metrics") or {}
+        create_markdown_artifact(f"# {record['method'].upper()} on `{record['source']}`\n\nRun folder: `{run_dir}`"
+                                 + (f"\n\nAUC **{metrics['auc']:.4f}**" if metrics else ""),
+                                 description=f"hsad detect report: {run_dir}")
+        return
     run_dir = Path(run_dir).resolve()
     record = json.loads((run_dir / "run.json").read_text())
     metrics = record.get("metrics")

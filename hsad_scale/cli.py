@@ -24,11 +24,10 @@ def _ingest(args) -> None:
 def _check_detect(args) -> None:
     """What can be checked of a detect command line at once (no data read, nothing heavy
     imported): destination, source, scheduler address, options, AE/VAE settings and metrics."""
-    from hsad_scale import checks
-    from hsad_scale.atomic import check_destination
+    from hsad_scale import checks, locations
 
-    check_destination(args.out, args.overwrite)
-    if not Path(args.src).exists():
+    locations.check_destination(args.out, args.overwrite)  # local paths, or URLs (s3://...)
+    if not locations.exists(args.src):
         raise InputError(f"{args.src} does not exist")
     checks.check_dask_address(args.dask_address)
     if args.dashboard_address is not None:
@@ -44,7 +43,7 @@ def _check_detect(args) -> None:
         from hsad_scale.detectors.ae_config import resolve_config
 
         config = resolve_config(method, args.preset, args.config, tuple(args.set or ()))
-    shape = checks.cube_store_shape(args.src)
+    shape = None if locations.is_url(args.src) else checks.cube_store_shape(args.src)
     if shape is not None:  # a cube store: its metadata gives the shape (a scene file's, after ingest)
         checks.check_detect_inputs(method, _metrics(args), config, args.model, shape)
 
@@ -84,13 +83,13 @@ def _detect(args) -> None:
 def _detect_flow(args) -> None:
     """``hsad detect --flow``: the same run as a run of the Prefect ``detect`` flow (Prefect's
     API starts in the background first, while the rest loads and the cluster starts)."""
-    from hsad_scale.atomic import check_destination
+    from hsad_scale import locations
 
-    check_destination(args.out, args.overwrite)  # bad input fails before Prefect starts
+    locations.check_destination(args.out, args.overwrite)  # bad input fails before Prefect starts
     if args.band_axis or args.drop_bands or args.swath:
         raise InputError("--band-axis, --drop-bands and --swath are not passed to the detect flow yet: "
                          "run without --flow, or ingest first (hsad ingest ... --drop-bands ...)")
-    if not Path(args.src).exists():
+    if not locations.exists(args.src):
         raise InputError(f"{args.src} does not exist")
     from flows import local_run, start_prefect
 

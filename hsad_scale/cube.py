@@ -441,8 +441,10 @@ def _compressors(name: str):
 def open_cube(path: str | Path) -> xr.Dataset:
     """Open a cube store lazily (dask-backed); InputError when it is not one. The store's
     path in the task graph is absolute (workers have other working directories)."""
+    from hsad_scale import locations
+
     path = absolute(path)
-    if not path.exists():
+    if not locations.exists(path):
         raise InputError(f"{path} does not exist")
     try:
         ds = xr.open_zarr(path, consolidated=False, decode_coords="all")

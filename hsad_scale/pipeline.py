@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from hsad_scale import cluster, cube as cubes, evaluate, outputs, plots, progress, report
+from hsad_scale import cluster, cube as cubes, evaluate, locations, outputs, plots, progress, report
 from hsad_scale.atomic import atomic_path, check_destination
 from hsad_scale.checks import check_detect_inputs, saved_method  # noqa: F401 (saved_method: re-exported)
 from hsad_scale.errors import InputError
@@ -121,9 +121,22 @@ class Stages:
             return fn(*args, **kwargs)
 
 
-def prepare_cube(src: str | Path, run_dir: Path, **ingest_options) -> Path:
-    """The cube store to process: ``src`` itself when it is one, else ``src`` ingested into
-    ``run_dir/cube.zarr``."""
+def prepare_cube(src: str | Path, run_dir: Path, **ingest_options) -> Path | str:
+    """The cube store to process: ``src`` itself when it is one (a local path or a URL such as
+    ``s3://bucket/scene.zarr``), else ``src`` ingested into ``run_dir/cube.zarr`` (a scene file
+    at a URL is copied into ``run_dir/source/`` first)."""
+    if locations.is_url(src):
+        if not locations.exists(src):
+            raise InputError(f"{src} does not exist")
+        if locations.is_cube_store(src):
+            return str(src).rstrip("/")
+        local = locations.fetch(str(src), Path(run_dir) / "source")
+        try:
+            return cubes.ingest(local, run_dir / "cube.zarr", **ingest_options)
+        except InputError as exc:  # named as the user gave it
+            raise InputError(str(exc).replace(str(local), str(src))) from None
+        finally:
+            local.unlink()
     src = Path(src)
     if not src.exists():
         raise InputError(f"{src} does not exist")
@@ -368,13 +381,14 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
     if options.model:
         options = replace(options, model=str(absolute(options.model)))
     ingest_options = {k: absolute(v) if k == "gt" else v for k, v in (ingest_options or {}).items()}
-    out = check_destination(out, overwrite)
-    if not Path(src).exists():
+    out = locations.check_destination(out, overwrite)  # a URL: written locally, then published
+    if not locations.exists(src):
         raise InputError(f"{src} does not exist")
     learned_config(options)  # bad settings fail before any work starts
     stage = stage if stage is not None else Stages(quiet=quiet)
     with contextlib.ExitStack() as stack:
-        tmp = Path(stack.enter_context(atomic_path(out, overwrite)))
+        local_out = stack.enter_context(locations.staged(out, overwrite)) if locations.is_url(out) else out
+        tmp = Path(stack.enter_context(atomic_path(local_out, overwrite)))
         tmp.mkdir()
         # first: bad input fails before a cluster starts
         cube_path = stage.run("ingest", prepare_cube, src, tmp, **(ingest_options or {}))
@@ -496,7 +510,7 @@ def run_record(src, out, cube_path, cube_ds, options: DetectOptions, details: di
         "method": options.method,
         "options": asdict(options),
         "source": str(src),
-        "cube": str(Path(src).resolve() if Path(cube_path) == Path(src) else Path(out).resolve() / "cube.zarr"),
+        "cube": str(src) if str(cube_path) == str(src) else f"{out}/cube.zarr",
         "shape": dict(cube_ds.sizes),
         "chunks": list(cube_ds[cubes.CUBE].data.chunksize),
         **cubes.ingest_record(cube_ds),  # bands left out, readers' decisions

@@ -199,15 +199,15 @@ def test_sweep_with_relative_paths_on_an_external_cluster(external_cluster, user
 
 
 def test_a_sweep_whose_trials_fail_is_a_failed_flow_run(external_cluster, user_cwd, tmp_path):
-    """A compressed cube whose chunk files are garbage (a listing cannot tell, unlike a truncated
-    raw chunk, which is refused before anything starts): every trial fails on the workers; the
+    """A compressed cube whose chunk files hold garbage of the right size (no check before the
+    trials can tell without decoding every chunk): every trial fails on the workers; the
     results are written with each reason, the flow run ends Failed with the count, the command
     exits 1."""
     address, _, _ = external_cluster
     broken = synth(tmp_path / "broken.zarr", SceneSpec(64, 64, 20, seed=6), chunk=32, compression="zstd")
-    for chunk_file in sorted((broken / "cube" / "c").rglob("*"))[-2:]:
-        if chunk_file.is_file():
-            chunk_file.write_bytes(b"not zstd" * 16)
+    for chunk_file in [p for p in sorted((broken / "cube" / "c").rglob("*")) if p.is_file()][-2:]:
+        size = chunk_file.stat().st_size
+        chunk_file.write_bytes((bytes(range(256)) * (size // 256 + 1))[:size])
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"method": "ae", "fixed": {"max_steps": 5, "members": 1, "holdout": 0.0,
                                                               "patience": 0}, "grid": {"epochs": [1, 2]}}))

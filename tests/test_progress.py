@@ -75,7 +75,7 @@ def test_stages_report_progress_with_stderr_piped(tmp_path):
     assert writing and all(m["stage"] == "writing scene.zarr" and m["unit"] == "tasks" for m in writing), \
         result.stderr
 
-    result = _hsad(["detect", "scene.zarr", "--method", "ae", "--out", "runs/ae", "--set", "max_steps=400",
+    result = _hsad(["detect", "scene.zarr", "--method", "ae", "--out", "runs/ae", "--set", "max_steps=1000",
                     "--set", "members=2"], tmp_path)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("[hsad] progress:")]
@@ -88,7 +88,7 @@ def test_stages_report_progress_with_stderr_piped(tmp_path):
     training = stages.get("train-ae", [])
     steps = [m for m in training if m["unit"] == "steps"]
     assert steps and all(re.match(r", loss [\d.e+-]+$", m["extra"]) for m in steps), result.stderr
-    assert all(int(m["total"]) == 400 for m in steps)  # one training run of max_steps (members train together)
+    assert all(int(m["total"]) == 1000 for m in steps)  # one training run of max_steps (members train together)
     for matches in stages.values():
         done = [int(m["done"]) for m in matches]
         assert done == sorted(done) and all(0 <= int(m["pct"]) <= 100 for m in matches)
