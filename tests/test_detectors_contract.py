@@ -203,7 +203,8 @@ def test_cluster_rx_scores_each_pixel_against_its_nearest_kept_class(had_dir, ma
         labels = distance.argmin(axis=1)
         counts = np.bincount(labels, minlength=len(det.centroids))
         np.testing.assert_array_equal(counts, [s.count for s in det.stats], err_msg=name)
-        keep = [c for c in range(len(counts)) if counts[c] >= max(2 * pixels.shape[1], 0.01 * len(pixels))]
+        smallest = max(2 * pixels.shape[1], det.settings.min_class_fraction * len(pixels))
+        keep = [c for c in range(len(counts)) if counts[c] >= smallest]
         assert det.kept == keep and keep, name
         want = np.full(len(pixels), np.inf)
         for c in keep:

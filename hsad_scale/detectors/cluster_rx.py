@@ -10,7 +10,9 @@ merge). Classes with fewer than ``max(2 B, min_class_fraction x valid pixels)`` 
 dropped (their pixels are scored against the others): a class that small would have a
 covariance estimated from too few pixels (Reed, Mallett and Brennan's rule: about 2 B
 samples for a loss under 3 dB), and it may be the anomalies themselves, which would then
-score low. Scoring: each pixel's squared Mahalanobis distance to the NEAREST remaining class
+score low. Anomalies are rare by definition, so the default ``min_class_fraction`` is 5 %
+of the valid pixels: with 1 %, k-means made the 269 anomaly pixels (2.7 %) of the shared
+MUUFL scene a class of their own at k = 6 and the AUC fell to 0.50. Scoring: each pixel's squared Mahalanobis distance to the NEAREST remaining class
 (the minimum over classes), dimensionless.
 
 Default ``clusters = 4``: the smallest shared scenes have 10,000 pixels and up to 205 bands,
@@ -46,7 +48,7 @@ class ClusterRXSettings(Settings):
     sample_pixels: int = 50_000
     seed: int = 0
     iterations: int = 30
-    min_class_fraction: float = 0.01
+    min_class_fraction: float = 0.05
 
     def __post_init__(self):
         for name in ("clusters", "sample_pixels", "seed", "iterations"):

@@ -42,15 +42,30 @@ def window_sums(values: np.ndarray, rows: tuple, cols: tuple) -> np.ndarray:
     """Sums ``(F, len(rows[0]), len(cols[0]))`` of ``values`` ``(F, ny, nx)`` over the windows
     ``rows[0][i]:rows[1][i]`` x ``cols[0][j]:cols[1][j]`` (indices into ``values``): cumulative
     sums along each axis, differenced (a box filter: cost independent of the window size)."""
-    return _axis_sums(_axis_sums(values, 1, *rows), 2, *cols)
+    return take_sums(cumulative(take_sums(cumulative(values, 1), 1, *rows), 2), 2, *cols)
 
 
-def _axis_sums(values: np.ndarray, axis: int, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+def cumulative(values: np.ndarray, axis: int) -> np.ndarray:
+    """Cumulative sums of ``values`` along ``axis`` with a zero prepended (float64)."""
     shape = list(values.shape)
     shape[axis] += 1
-    csum = np.zeros(shape)
+    csum = np.empty(shape)
+    csum[(slice(None),) * axis + (slice(0, 1),)] = 0.0
     np.cumsum(values, axis=axis, out=csum[(slice(None),) * axis + (slice(1, None),)])
-    return np.take(csum, stop, axis=axis) - np.take(csum, start, axis=axis)
+    return csum
+
+
+def take_sums(csum: np.ndarray, axis: int, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """Window sums ``[start, stop)`` along ``axis`` from cumulative sums (:func:`cumulative`);
+    windows of one size sliding by one pixel (a tile inside the scene) are two slices, not
+    two gathers."""
+    n = len(start)
+    if n and (stop - start == stop[0] - start[0]).all() and (start == start[0] + np.arange(n)).all():
+        index = (slice(None),) * axis
+        return csum[index + (slice(stop[0], stop[0] + n),)] - csum[index + (slice(start[0], start[0] + n),)]
+    out = np.take(csum, stop, axis=axis)
+    out -= np.take(csum, start, axis=axis)
+    return out
 
 
 TileFn = Callable  # (block (B, ny_in, nx_in), origin (row, col), out (r0, r1, c0, c1), scene (R, C), extra) -> (ny, nx)

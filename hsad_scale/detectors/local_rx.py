@@ -44,6 +44,8 @@ MAX_WINDOW = 255
 #: Features x window-rows x columns (float64 values) of one strip of a tile: bounds the
 #: memory of a tile's box sums to about 8 bytes x this (~256 MB).
 STRIP_VALUES = 32 * 2**20
+#: Features whose box sums are worked out together (the temporaries stay a few MB).
+FEATURE_GROUP = 8
 
 
 @dataclass(frozen=True)
@@ -130,9 +132,16 @@ def _windows(origin: tuple, out: tuple, scene: tuple, settings: LocalRXSettings)
 
 
 def _background_sums(values: np.ndarray, windows) -> np.ndarray:
-    """Sums over outer less inner windows ``(F, ny_out, nx_out)`` of ``values`` ``(F, ny, nx)``."""
+    """Sums over outer less inner windows ``(F, ny_out, nx_out)`` of ``values`` ``(F, ny, nx)``:
+    one cumulative sum along the rows serves both windows (box filters, any window size)."""
     (orows, ocols), (irows, icols) = windows
-    return halo.window_sums(values, orows, ocols) - halo.window_sums(values, irows, icols)
+    out = np.empty((values.shape[0], len(orows[0]), len(ocols[0])))
+    for f in range(0, values.shape[0], FEATURE_GROUP):  # arrays of a few MB: reused, not fresh pages
+        rows_csum = halo.cumulative(values[f:f + FEATURE_GROUP], 1)
+        group = out[f:f + FEATURE_GROUP]
+        group[...] = halo.take_sums(halo.cumulative(halo.take_sums(rows_csum, 1, *orows), 2), 2, *ocols)
+        group -= halo.take_sums(halo.cumulative(halo.take_sums(rows_csum, 1, *irows), 2), 2, *icols)
+    return out
 
 
 def _strip_scores(block, origin, out, scene, model: WindowModel) -> np.ndarray:
@@ -164,23 +173,27 @@ def _strip_scores(block, origin, out, scene, model: WindowModel) -> np.ndarray:
 
 def _local_covariance_scores(z, valid, windows, count, rows, cols) -> np.ndarray:
     """``(z - m)^T C^-1 (z - m)`` with each window's mean ``m`` and unbiased covariance ``C``
-    (box sums of ``z`` ``(p, ny, nx)`` and of its products)."""
+    (box sums of ``z`` ``(p, ny, nx)`` and of its products, worked in ``(p, p, N)`` layout)."""
     p = z.shape[0]
-    upper = np.triu_indices(p)
-    products = z[upper[0]] * z[upper[1]]  # (p(p+1)/2, ny, nx); zero at invalid pixels
-    sums = _background_sums(np.concatenate([z, products]), windows)
+    products = np.concatenate([z[a:] * z[a] for a in range(p)])  # upper triangle, row by row; 0 at invalid
+    sums = _background_sums(np.concatenate([z, products]), windows).reshape(p + len(products), -1)
     n = count.reshape(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = (sums[:p].reshape(p, -1) / n).T  # (N, p)
-        second = np.zeros((n.size, p, p))
-        second[:, upper[0], upper[1]] = sums[p:].reshape(len(upper[0]), -1).T
-        second[:, upper[1], upper[0]] = second[:, upper[0], upper[1]]
-        cov = (second - n[:, None, None] * mean[:, :, None] * mean[:, None, :]) / (n - 1)[:, None, None]
-    diff = z[:, rows, cols].reshape(p, -1).T - mean  # (N, p)
     ok = n > p
     scores = np.full(n.size, np.nan)
-    if ok.any():
-        scores[ok] = _batched_quadratic(cov[ok], diff[ok])
+    if not ok.any():
+        return scores.reshape(count.shape)
+    n, sums = n[ok], sums[:, ok]
+    mean = sums[:p] / n  # (p, N)
+    cov = np.empty((p, p, n.size))
+    first = p
+    for a in range(p):  # scatter about the mean, then unbiased; both triangles
+        row = sums[first:first + p - a] - n * mean[a] * mean[a:]
+        row /= n - 1
+        cov[a, a:] = row
+        cov[a:, a] = row
+        first += p - a
+    diff = z[:, rows, cols].reshape(p, -1)[:, ok] - mean  # (p, N)
+    scores[ok] = _batched_quadratic(np.ascontiguousarray(cov.transpose(2, 0, 1)), np.ascontiguousarray(diff.T))
     return scores.reshape(count.shape)
 
 
