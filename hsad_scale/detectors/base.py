@@ -26,12 +26,14 @@ import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import xarray as xr
 
 from hsad_scale.errors import InputError
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 #: Format of ``detector.json``.
 FORMAT_VERSION = 1
@@ -110,7 +112,7 @@ class Detector:
         self.fitted = True
         return self
 
-    def fit_cube(self, cube: xr.DataArray, **kwargs) -> None:
+    def fit_cube(self, cube: "xr.DataArray", **kwargs) -> None:
         raise NotImplementedError
 
     def fit_pixels(self, pixels: np.ndarray, **kwargs) -> None:
@@ -118,9 +120,11 @@ class Detector:
         self.fit_cube(as_cube(np.asarray(pixels).T[:, None, :]), **kwargs)
 
     # ---- scoring
-    def score(self, cube, **kwargs) -> xr.Dataset:
+    def score(self, cube, **kwargs) -> "xr.Dataset":
         """Lazy scores of a cube as a Dataset with ``score`` ``(y, x)`` float32 (the cube's
         spatial coords kept); NaN at invalid pixels."""
+        import xarray as xr
+
         from hsad_scale.tiles import score_map
 
         self._check_fitted()
@@ -184,9 +188,11 @@ class Detector:
             raise ValueError(f"the {self.method} detector is not fitted: call fit first")
 
 
-def as_cube(data) -> xr.DataArray:
+def as_cube(data) -> "xr.DataArray":
     """A DataArray ``(band, y, x)``, dask-backed with whole spectra per tile (an in-memory
     array or DataArray is cut into 256 x 256 pixel tiles)."""
+    import xarray as xr
+
     if isinstance(data, xr.Dataset):
         data = data["cube"]
     if isinstance(data, np.ndarray):
@@ -229,6 +235,66 @@ def detector_class(method: str) -> type[Detector]:
 def make(method: str, settings: Settings | dict | None = None) -> Detector:
     """A new (unfitted) detector of ``method`` with ``settings`` (a mapping or its settings object)."""
     return detector_class(method)(settings)
+
+
+def config_file_values(config_file: str | Path | None) -> tuple[str | None, dict]:
+    """(the ``preset:`` of a YAML settings file or None, its other keys: the file's
+    ``settings:`` mapping when it has one, else its top level). InputError for a missing
+    file, invalid YAML or anything but a mapping."""
+    import yaml
+
+    if not config_file:
+        return None, {}
+    path = Path(config_file)
+    if not path.is_file():
+        raise InputError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(loaded, dict):
+        raise InputError(f"config file {path} must hold a mapping of settings")
+    preset = loaded.pop("preset", None)
+    values = loaded.get("settings", loaded)
+    if not isinstance(values, dict):
+        raise InputError(f"config file {path}: settings must be a mapping")
+    return preset, dict(values)
+
+
+def override_values(overrides) -> dict:
+    """``--set key=value`` pairs as a mapping, each value typed by YAML (``5`` int, ``1e-3``
+    string, ``[8, 4]`` list, ``none`` string)."""
+    import yaml
+
+    values = {}
+    for item in overrides or ():
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set expects key=value, got {item!r}")
+        values[key.strip()] = yaml.safe_load(text)
+    return values
+
+
+def resolve_settings(method: str, preset: str | None = None, config_file: str | Path | None = None,
+                     overrides=()) -> Settings:
+    """The settings object of ``method``, resolved once at the entry point: a preset (AE/VAE:
+    ``--preset``, else the file's ``preset:``, else ``default-<method>``; the command line
+    wins over the file), then the YAML file's keys, then ``--set`` overrides. InputError for
+    anything invalid, before any work starts."""
+    cls = detector_class(method)
+    if cls.needs_torch:
+        from hsad_scale.detectors.ae_config import resolve_config
+
+        return resolve_config(method, preset, config_file, overrides)
+    file_preset, values = config_file_values(config_file)
+    if preset or file_preset:
+        raise InputError(f"{method} has no presets (got {preset or file_preset!r}); set its settings with --set "
+                         f"or a config file: {', '.join(cls.settings_type.field_names()) or 'none'}")
+    values.update(override_values(overrides))
+    try:
+        return cls.settings_type.from_dict(values)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{method}: {exc}") from None
 
 
 def _jsonable(value):
