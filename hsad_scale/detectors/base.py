@@ -75,6 +75,13 @@ class NoSettings(Settings):
     """Settings of a detector that has none (global RX, UTD, RXD-UTD)."""
 
 
+class PlainStage:
+    """Runs a stage as a plain call (the default where no pipeline times or names stages)."""
+
+    def run(self, name: str, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+
 class Detector:
     """The contract. Subclasses set :attr:`method` and :attr:`settings_type` and implement
     :meth:`fit_cube`, :meth:`score_image`, :meth:`score` (the Dask layer; the default maps
@@ -101,23 +108,29 @@ class Detector:
         self.fitted = False
 
     # ---- fitting
-    def fit(self, data, **kwargs) -> "Detector":
+    def fit(self, data, stage=None, **kwargs) -> "Detector":
         """Fit on a cube DataArray ``(band, y, x)`` (Dask reductions; an in-memory one is cut
         into 256 x 256 tiles), an image ndarray ``(band, y, x)`` or pixels ``(n, band)``.
+        ``stage``: runs (and names) the fitting's stages (``stage.run(name, fn, *args)``,
+        e.g. :class:`hsad_scale.pipeline.Stages`; the flows make each one a Prefect task).
         Returns ``self``."""
+        stage = stage if stage is not None else PlainStage()
         if isinstance(data, np.ndarray) and data.ndim == 2:
-            self.fit_pixels(np.asarray(data), **kwargs)
+            self.fit_pixels(np.asarray(data), stage=stage, **kwargs)
         else:
-            self.fit_cube(as_cube(data), **kwargs)
+            self.fit_cube(as_cube(data), stage=stage, **kwargs)
         self.fitted = True
         return self
 
-    def fit_cube(self, cube: "xr.DataArray", **kwargs) -> None:
+    #: the name of the stage that fits (a Prefect task of that name in the flows)
+    fit_stage: ClassVar[str] = ""
+
+    def fit_cube(self, cube: "xr.DataArray", stage=None, **kwargs) -> None:
         raise NotImplementedError
 
-    def fit_pixels(self, pixels: np.ndarray, **kwargs) -> None:
+    def fit_pixels(self, pixels: np.ndarray, stage=None, **kwargs) -> None:
         """Fit on pixels ``(n, band)`` (rows with NaN skipped); default: as an image of one row."""
-        self.fit_cube(as_cube(np.asarray(pixels).T[:, None, :]), **kwargs)
+        self.fit_cube(as_cube(np.asarray(pixels).T[:, None, :]), stage=stage, **kwargs)
 
     # ---- scoring
     def score(self, cube, **kwargs) -> "xr.Dataset":

@@ -165,8 +165,12 @@ class ClusterRX(Detector):
     settings_type = ClusterRXSettings
     long_name = "squared Mahalanobis distance to the nearest k-means background class"
     FILE = "cluster_rx.npz"
+    fit_stage = "cluster-rx-stats"
 
-    def fit_cube(self, cube, **kwargs) -> None:
+    def fit_cube(self, cube, stage=None, **kwargs) -> None:
+        stage.run(self.fit_stage, self._fit_cube, cube)
+
+    def _fit_cube(self, cube) -> None:
         from hsad_scale.tiles import tile_reduction_graph
 
         s = self.settings
@@ -180,7 +184,7 @@ class ClusterRX(Detector):
                                      extra=centroids)
         self.set_classes(centroids, graph.compute())
 
-    def fit_pixels(self, pixels: np.ndarray, **kwargs) -> None:
+    def fit_pixels(self, pixels: np.ndarray, stage=None, **kwargs) -> None:
         from hsad_scale.stats import drop_invalid
 
         s = self.settings

@@ -17,18 +17,31 @@ class LearnedDetector(Detector):
 
     needs_torch = True
 
-    def fit_cube(self, cube, client=None, repeats: int = 1, device: str = "auto", keep_on_cluster: bool = False,
-                 **kwargs) -> None:
+    fit_stage = "scaling-stats"
+
+    def fit_cube(self, cube, stage=None, client=None, repeats: int = 1, device: str = "auto",
+                 keep_on_cluster: bool = False, **kwargs) -> None:
+        """Stages ``scaling-stats`` (per-band scaling and the training sample, one pass) and
+        ``train-<method>`` (``repeats`` trainings as cluster tasks on ``client``)."""
         from hsad_scale import learned
 
         config = self.settings
-        scaling, pixels = learned.scaling_and_sample(cube, config, keep_on_cluster=keep_on_cluster)
-        self.models, self.sample, self.workers = learned.train_runs(client, cube, config, repeats, scaling, device,
-                                                                    pixels=pixels)
+        scaling, pixels = stage.run(self.fit_stage, learned.scaling_and_sample, cube, config,
+                                    keep_on_cluster=keep_on_cluster)
+        self.models, self.sample, self.workers = stage.run(f"train-{self.method}", learned.train_runs, client, cube,
+                                                           config, repeats, scaling, device, pixels=pixels)
         self.training_pixels = int(len(pixels))
 
-    def fit_pixels(self, pixels: np.ndarray, **kwargs) -> None:
-        self.fit_cube(self._pixels_cube(pixels), **kwargs)
+    def fit_pixels(self, pixels: np.ndarray, stage=None, **kwargs) -> None:
+        self.fit_cube(self._pixels_cube(pixels), stage=stage, **kwargs)
+
+    def draw_sample(self, cube) -> None:
+        """A loaded model's sample of ``cube`` (the pixels its ensemble normalisers and the
+        latent plot use): as many as it trained on, with its seed."""
+        from hsad_scale import learned
+
+        self.sample = learned.sample_pixels(cube, self.settings.max_train_pixels, seed=self.settings.seed)
+        self.training_pixels = int(len(self.sample))
 
     @staticmethod
     def _pixels_cube(pixels):
@@ -36,19 +49,21 @@ class LearnedDetector(Detector):
 
         return as_cube(np.asarray(pixels).T[:, None, :])
 
-    def score(self, cube, metrics=None, ensemble: str = "mean", **kwargs):
-        """Lazy Dataset of :func:`hsad_scale.learned.learned_scores`; its details (feature
-        backgrounds, normalisers) in :attr:`score_details`."""
+    def score(self, cube, metrics=None, ensemble: str = "mean", stage=None, **kwargs):
+        """Lazy Dataset of :func:`hsad_scale.learned.learned_scores` (stage
+        ``<method>-feature-stats``: the features' statistics are computed here); its details
+        (feature backgrounds, normalisers) in :attr:`score_details`."""
         from hsad_scale import learned
-        from hsad_scale.detectors.base import as_cube
+        from hsad_scale.detectors.base import PlainStage, as_cube
 
         self._check_fitted()
+        stage = stage if stage is not None else PlainStage()
         cube = as_cube(cube)
         if self.sample is None:  # loaded: the normalisers come from a sample of this cube
-            self.sample = learned.sample_pixels(cube, self.settings.max_train_pixels, seed=self.settings.seed)
-            self.training_pixels = int(len(self.sample))
+            stage.run("sample", self.draw_sample, cube)
         metrics = tuple([metrics] if isinstance(metrics, str) else metrics or (self.settings.metric,))
-        scores, self.score_details = learned.learned_scores(cube, self.models, metrics, self.sample, ensemble)
+        scores, self.score_details = stage.run(f"{self.method}-feature-stats", learned.learned_scores, cube,
+                                               self.models, metrics, self.sample, ensemble)
         return scores
 
     def score_image(self, image: np.ndarray) -> np.ndarray:

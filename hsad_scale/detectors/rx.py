@@ -39,13 +39,14 @@ class StatsDetector(Detector):
     regularised whitening (:func:`hsad_scale.stats.whitener`). Saved as ``rx_stats.npz``."""
 
     STATS_FILE = "rx_stats.npz"
+    fit_stage = "rx-stats"
 
-    def fit_cube(self, cube, **kwargs) -> None:
+    def fit_cube(self, cube, stage=None, **kwargs) -> None:
         from hsad_scale.tiles import background_stats
 
-        self.set_stats(background_stats(cube, name="rx-stats"))
+        self.set_stats(stage.run(self.fit_stage, background_stats, cube, None, "rx-stats"))
 
-    def fit_pixels(self, pixels: np.ndarray, **kwargs) -> None:
+    def fit_pixels(self, pixels: np.ndarray, stage=None, **kwargs) -> None:
         self.set_stats(BackgroundStats.from_pixels(np.asarray(pixels)))
 
     def set_stats(self, stats: BackgroundStats) -> None:
