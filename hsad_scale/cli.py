@@ -13,8 +13,8 @@ from hsad_scale.errors import InputError
 def _ingest(args) -> None:
     from hsad_scale.cube import ingest
 
-    ingest(args.src, args.dest, gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk,
-           compression=args.compression, overwrite=args.overwrite)
+    ingest(args.src, args.dest, gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key, band_axis=args.band_axis,
+           drop_bands=args.drop_bands, swath=args.swath, chunk=args.chunk, compression=args.compression, overwrite=args.overwrite)
     print(f"[hsad] wrote {args.dest}", file=sys.stderr)
 
 
@@ -37,7 +37,8 @@ def _detect(args) -> None:
     options = DetectOptions(method=args.method, preset=args.preset, config_file=args.config,
                             settings=tuple(args.set or ()), metrics=metrics, repeats=args.repeats,
                             ensemble=args.ensemble, device=args.device, model=args.model)
-    ingest_options = dict(gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk)
+    ingest_options = dict(gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk,
+                          band_axis=args.band_axis, drop_bands=args.drop_bands, swath=args.swath)
     run_detect(args.src, args.out, options, overwrite=args.overwrite, dask_address=args.dask_address,
                ingest_options=ingest_options)
 
@@ -66,6 +67,14 @@ def _detect_flow(args) -> None:
                settings=list(args.set or ()), metrics=metrics, repeats=args.repeats, ensemble=args.ensemble,
                device=args.device, model=args.model, overwrite=args.overwrite, dask_address=address, gt=args.gt,
                cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk)
+
+
+def _inspect(args) -> None:
+    """``hsad inspect SRC``: what ingest would read, printed; nothing written."""
+    from hsad_scale.inspect import describe
+
+    print(describe(args.src, gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key,
+                   band_axis=args.band_axis, drop_bands=args.drop_bands, swath=args.swath))
 
 
 def _sweep(args) -> None:
@@ -131,6 +140,10 @@ def _evaluate(args) -> None:
     from hsad_scale.evaluate import metrics_from_counts
     from hsad_scale.tiles import map_roc_counts
 
+    if args.json:  # an existing file is kept unless --overwrite: checked before any work
+        from hsad_scale.atomic import check_destination
+
+        check_destination(args.json, args.overwrite)
     scores = _load_map(args.scores, args.variable)
     if Path(args.gt).is_dir():
         truth = _load_map(args.gt, "ground_truth")
@@ -143,9 +156,12 @@ def _evaluate(args) -> None:
     for key, value in result.items():
         print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
     if args.json:
-        from hsad_scale.outputs import write_json
+        import json
 
-        write_json(Path(args.json), result)
+        from hsad_scale.atomic import write_file_atomic
+        from hsad_scale.stats import _jsonable
+
+        write_file_atomic(args.json, json.dumps(result, indent=2, default=_jsonable) + "\n", args.overwrite)
 
 
 def _load_map(path: str, variable: str):
@@ -191,10 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def source_layout(p):
+        p.add_argument("--band-axis", help="stored axis holding the bands when the file does not say "
+                                           "(.mat/NetCDF/HDF5): first, middle, last, 0-2 or a dimension name")
+        p.add_argument("--drop-bands", help="bands to leave out: source indices and ranges (0-based) and "
+                                            "wavelength ranges in nm, e.g. 0-3,107,1350-1450nm")
+        p.add_argument("--swath", action="store_true", help="keep swath geometry: do not move maps "
+                                                            "through a GLT (EMIT) onto its orthorectified grid")
+
     def common_source(p):
         p.add_argument("--gt", help="ground truth file (.mat, GeoTIFF, .npy) when not inside SRC")
         p.add_argument("--cube-key", help="variable holding the cube (.mat/NetCDF); found by itself when omitted")
         p.add_argument("--gt-key", help="variable holding the ground truth (.mat); found by itself when omitted")
+        source_layout(p)
         p.add_argument("--chunk", type=int, default=256, help="tile size in pixels along y and x (default 256)")
         p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
@@ -205,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compression", default="none", choices=("none", "zstd", "lz4"),
                    help="codec of the cube store (default none: fastest to read twice)")
     p.set_defaults(run=_ingest)
+
+    p = sub.add_parser("inspect", help="print what ingest would read from a scene (layout, bands, wavelengths, "
+                                       "CRS, nodata, ground truth); writes nothing")
+    p.add_argument("src", help="scene file")
+    p.add_argument("--gt", help="ground truth file (.mat, GeoTIFF, .npy) when not inside SRC")
+    p.add_argument("--cube-key", help="variable (or HDF5 path) holding the cube (.mat/NetCDF/HDF5)")
+    p.add_argument("--gt-key", help="variable holding the ground truth")
+    source_layout(p)
+    p.set_defaults(run=_inspect)
 
     p = sub.add_parser("detect", help="score every pixel of a scene and write maps, metrics and plots")
     p.add_argument("src", help="a cube store (.zarr) or any scene file that ingest reads")
@@ -235,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt-key", help="variable holding the ground truth in a .mat file")
     p.add_argument("--variable", default="score", help="variable of a Zarr score store (default score)")
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(run=_evaluate)
 
     p = sub.add_parser("synth", help="generate a synthetic scene with implanted sub-pixel targets")
@@ -313,7 +348,7 @@ def execute(args: argparse.Namespace) -> int:
 #: whose exit handlers send its last logs and events, and every output already renamed into
 #: place and closed): the teardown of a process that loaded PyTorch, xarray and Dask takes
 #: 1-1.5 s on 2 vCPUs, 10 % of an AE run on a 1024 x 1024 scene.
-FAST_EXIT_COMMANDS = (_ingest, _detect, _evaluate, _synth)
+FAST_EXIT_COMMANDS = (_ingest, _inspect, _detect, _evaluate, _synth)
 
 
 def run() -> None:

@@ -96,9 +96,11 @@ def dask_client(address: str | None = None, n_workers: int | None = None, thread
     config = dict(LOCAL_CLUSTER_CONFIG)
     if start_worker_server():
         config["distributed.worker.multiprocessing-method"] = "forkserver"
+    # workers log a failed task ("Compute Failed", with its traceback) at ERROR: the error
+    # itself reaches this process (bad input as InputError: one line), so workers stay quiet
     with dask.config.set(config):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                               dashboard_address=dashboard_address, silence_logs=logging.ERROR)
+                               dashboard_address=dashboard_address, silence_logs=logging.CRITICAL)
     with cluster, Client(cluster) as client:
         try:
             yield client

@@ -19,7 +19,9 @@ LIBRARIES = ("hsad-scale", "numpy", "scipy", "dask", "distributed", "xarray", "z
 def write_scores(scores: xr.Dataset, path: Path, client=None) -> None:
     """Write a Dataset of score maps ``(y, x)`` / ``(run, y, x)`` to Zarr, computing tile by tile
     on ``client`` (with a progress bar when the terminal shows one)."""
-    job = scores.to_zarr(path, compute=False, consolidated=False)
+    from hsad_scale.cube import list_coordinates  # plain xr.open_zarr opens it silently, with its CRS
+
+    job = list_coordinates(scores).to_zarr(path, compute=False, consolidated=True)
     if client is None:
         job.compute()
         return

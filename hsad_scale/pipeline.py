@@ -277,8 +277,9 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         if link and not quiet:
             print(f"[hsad] Dask dashboard: {link}", file=sys.stderr)
         lazy_scores, details = fit_and_score(cube_ds, options, tmp, client, stage)
-        scores = stage.run("score", write_score_store, tmp, cube_ds, lazy_scores, client)
-        stage.run("geotiff", write_geotiff, tmp, cube_ds, scores)
+        grid_ds, lazy_scores = cubes.on_output_grid(cube_ds, lazy_scores)  # EMIT: through the GLT
+        scores = stage.run("score", write_score_store, tmp, grid_ds, lazy_scores, client)
+        stage.run("geotiff", write_geotiff, tmp, grid_ds, scores)
         # maps read in blocks (large ones counted on the cluster): client memory does not grow with the scene
         maps = cubes.open_maps(tmp / "scores.zarr")
         truth_ds = cube_ds.assign({cubes.GROUND_TRUTH: cubes.open_maps(cube_path)[cubes.GROUND_TRUTH]}) \
@@ -306,6 +307,7 @@ def run_record(src, out, cube_path, cube_ds, options: DetectOptions, details: di
         "cube": str(Path(src).resolve() if Path(cube_path) == Path(src) else Path(out).resolve() / "cube.zarr"),
         "shape": dict(cube_ds.sizes),
         "chunks": list(cube_ds[cubes.CUBE].data.chunksize),
+        **cubes.ingest_record(cube_ds),  # bands left out, readers' decisions
         **details,
         "metrics": None if result is None else {k: v for k, v in result.items() if k != "averaged_roc"},
         "stage_seconds": seconds,

@@ -37,9 +37,54 @@ def test_dask_array_equals_zarr_with_edge_chunks(tmp_path, compression):
     np.testing.assert_array_equal(arr.compute(), values)
 
 
-def test_unwritten_chunk_reads_as_fill_value(tmp_path):
-    path, values = _store(tmp_path, skip_chunk=(0, 1, 2))
-    np.testing.assert_array_equal(zarr_dask_array(path, "cube").compute(), values)
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+@pytest.mark.parametrize("damage", ["missing", "truncated", "garbage"])
+def test_damaged_chunk_is_refused_naming_it_on_both_paths(tmp_path, compression, damage):
+    """A missing, truncated or undecodable chunk file is an InputError naming the chunk, both
+    when the store is opened (listing) and when the tile is read (fast path and zarr-python
+    path alike): never the fill value, never an internal error."""
+    from hsad_scale.errors import InputError
+
+    path, _ = _store(tmp_path, compression)
+    reader = ChunkReader(path, "cube")
+    chunk = path / "cube" / "c" / "0" / "1" / "2"
+    if damage == "missing":
+        chunk.unlink()
+    elif damage == "truncated":
+        chunk.write_bytes(chunk.read_bytes()[:100])
+    else:
+        chunk.write_bytes(b"\x07" * len(chunk.read_bytes()) if compression == "none" else b"not zstd at all" * 9)
+    if damage != "garbage" or compression != "none":  # raw garbage of the right size is undetectable
+        with pytest.raises(InputError, match="c/0/1/2"):
+            reader[(slice(0, 5), slice(16, 32), slice(16, 23))]  # the damaged (edge) tile
+        with pytest.raises(InputError, match="c/0/1/2"):
+            reader[(slice(0, 5), slice(10, 30), slice(10, 20))]  # a selection across it: zarr-python
+    if damage == "missing" or (damage == "truncated" and compression == "none"):
+        with pytest.raises(InputError, match="c/0/1/2"):
+            zarr_dask_array(path, "cube")  # found by listing, before any task
+
+
+def test_worker_raised_chunk_error_reaches_the_client_as_input_error(tmp_path, client):
+    """The error type survives the trip from a Dask worker process."""
+    from hsad_scale.errors import InputError
+
+    path, _ = _store(tmp_path)
+    arr = zarr_dask_array(path, "cube")
+    (path / "cube" / "c" / "0" / "0" / "1").unlink()  # after the check: as if lost mid-run
+    with pytest.raises(InputError, match="c/0/0/1"):
+        client.compute(arr.sum()).result()
+
+
+def test_unpickled_reader_opens_nothing_until_read(tmp_path):
+    """A scheduler that cannot see the data unpacks graphs: unpickling opens no store."""
+    path, values = _store(tmp_path)
+    data = pickle.dumps(ChunkReader(path, "cube"))
+    moved = tmp_path / "elsewhere.zarr"
+    path.rename(moved)
+    reader = pickle.loads(data)  # the store is not at its path: no error yet
+    assert reader._opened is None and reader.shape == values.shape and reader.chunks == (5, 16, 8)
+    moved.rename(path)
+    np.testing.assert_array_equal(reader[(slice(0, 5), slice(0, 16), slice(0, 8))], values[:, :16, :8])
 
 
 def test_selections_that_are_not_one_chunk_go_through_zarr(tmp_path):

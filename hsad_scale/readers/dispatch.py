@@ -27,30 +27,40 @@ _MAGIC = (
 
 
 def read_scene(path, cube_key: str | None = None, gt_key: str | None = None,
-               gt_path=None) -> SceneSource:
+               gt_path=None, band_axis=None) -> SceneSource:
     """Read any supported scene as a :class:`SceneSource` (lazy ``(band, y, x)`` cube).
 
     Formats: ``.mat`` (v5, v7.3), ENVI (``.hdr`` or a data file with a sibling ``.hdr``),
-    GeoTIFF, NetCDF/HDF5. ``cube_key``/``gt_key`` name variables in .mat and NetCDF files;
-    ``gt_path`` is a separate ground truth (``.mat`` 2-D, single-band GeoTIFF or ENVI,
-    ``.npy``) that must be ``(y, x)``; with it, ``gt_key`` names its variable.
+    GeoTIFF, NetCDF/HDF5 (EMIT L2A included). ``cube_key``/``gt_key`` name variables in .mat
+    and NetCDF/HDF5 files (``cube_key`` may be an HDF5 group path); ``band_axis`` says which
+    stored axis holds the bands when the file does not (.mat, NetCDF/HDF5); ``gt_path`` is a
+    separate ground truth (``.mat`` 2-D, single-band GeoTIFF or ENVI, ``.npy``) that must be
+    ``(y, x)``; with it, ``gt_key`` names its variable. InputError for anything that does not
+    hold what it claims.
     """
     p = existing_file(path)
     fmt = scene_format(p)
     cube_gt_key = None if gt_path is not None else gt_key
-    if fmt in ("envi", "geotiff") and (cube_key is not None or cube_gt_key is not None):
-        raise InputError(f"{p} is {fmt}: cube_key/gt_key only apply to .mat and NetCDF inputs")
+    if fmt in ("envi", "geotiff") and (cube_key is not None or cube_gt_key is not None
+                                       or band_axis is not None):
+        raise InputError(f"{p} is {fmt}: --cube-key/--gt-key/--band-axis only apply to .mat and "
+                         f"NetCDF/HDF5 inputs")
+    truth = None if gt_path is None else load_ground_truth(gt_path, gt_key)
+    truth_shape = None if truth is None else truth.shape
     if fmt == "mat":
-        source = read_mat(p, cube_key, cube_gt_key)
+        source = read_mat(p, cube_key, cube_gt_key, band_axis=band_axis, truth_shape=truth_shape)
     elif fmt == "netcdf":
-        source = read_netcdf(p, cube_key, cube_gt_key)
+        source = read_netcdf(p, cube_key, cube_gt_key, band_dim=band_axis, truth_shape=truth_shape)
     elif fmt == "envi":
         source = read_envi(p)
     else:
         source = read_geotiff(p)
     _check_cube(source, p)
-    if gt_path is not None:
-        source.ground_truth = read_ground_truth(gt_path, source.cube.shape[1:], gt_key)
+    if truth is not None:
+        if truth.shape != tuple(source.cube.shape[1:]):
+            raise InputError(f"ground truth {gt_path} has shape {truth.shape}, expected (y, x) = "
+                             f"{tuple(source.cube.shape[1:])}")
+        source.ground_truth = truth
         source.attrs["gt_path"] = str(gt_path)
     return source
 
@@ -79,6 +89,15 @@ def scene_format(path: Path) -> str:
 def read_ground_truth(path, shape: tuple, gt_key: str | None = None) -> np.ndarray:
     """Ground truth file (``.mat`` 2-D, single-band GeoTIFF/ENVI, ``.npy``) as numpy ``(y, x)``;
     InputError when it is not 2-D or its shape is not ``shape``."""
+    gt = load_ground_truth(path, gt_key)
+    if gt.shape != tuple(shape):
+        raise InputError(f"ground truth {path} has shape {gt.shape}, expected (y, x) = {tuple(shape)}")
+    return gt
+
+
+def load_ground_truth(path, gt_key: str | None = None) -> np.ndarray:
+    """Ground truth file (``.mat`` 2-D, single-band GeoTIFF/ENVI, ``.npy``) as numpy
+    ``(rows, cols)``; InputError when unreadable or not 2-D."""
     p = existing_file(path)
     suffix = p.suffix.lower()
     if suffix == ".npy":
@@ -93,8 +112,8 @@ def read_ground_truth(path, shape: tuple, gt_key: str | None = None) -> np.ndarr
         raise InputError(f"unknown ground-truth format of {p}: expected .mat, .tif, ENVI or .npy")
     if gt.ndim == 3 and gt.shape[0] == 1:
         gt = gt[0]
-    if gt.shape != tuple(shape):
-        raise InputError(f"ground truth {p} has shape {gt.shape}, expected (y, x) = {tuple(shape)}")
+    if gt.ndim != 2:
+        raise InputError(f"ground truth {p} has shape {gt.shape}, expected 2-D (y, x)")
     return gt
 
 

@@ -34,6 +34,9 @@ _TO_NM = {
 }
 _NOT_WAVELENGTH = ("index", "band", "ghz", "mhz")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_TRAILING_WAVELENGTH = re.compile(
+    r"\(?\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*(nm|nanometers?|nanometres?|um|µm|μm|micrometers?|micrometres?|microns?)"
+    r"\s*\)?\s*$", re.IGNORECASE)
 _NUMBER_WITH_UNIT = re.compile(
     r"\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*([a-zA-Zµμ]*)\s*"
 )
@@ -59,10 +62,11 @@ def one_line(error: Exception, limit: int = 300) -> str:
 def wavelength_nm(values, units: str | None = None) -> np.ndarray | None:
     """Wavelengths ``(band,)`` as float64 nanometres, or None when they are not wavelengths.
 
-    ``units`` (nm, µm, micrometers, mm, wavenumber cm-1, ...) decides the conversion; when it
-    is absent or unknown, values all below 100 are taken as µm (no sensor band sits below
-    100 nm, and µm wavelengths of VNIR to LWIR are 0.35-15); unitless band numbers
-    (0..n-1 or 1..n) give None.
+    ``units`` (nm, µm, micrometers, mm, wavenumber cm-1, ...) decides the conversion. Any
+    other stated unit (ENVI's default ``Unknown``, ``Index``, ...) gives None: band numbers
+    written into a ``wavelength`` field are not wavelengths, and no magnitude rule tells them
+    apart. Without a unit, band numbers (consecutive integers) give None, values of 0.2-20
+    are taken as µm and values of 200-20000 as nm; anything else gives None.
     """
     w = np.asarray(values, dtype=np.float64).ravel()
     if w.size == 0 or not np.all(np.isfinite(w)):
@@ -72,14 +76,27 @@ def wavelength_nm(values, units: str | None = None) -> np.ndarray | None:
         return w * _TO_NM[u]
     if u.startswith("wavenumber") or u in ("cm-1", "cm^-1", "1/cm"):
         return 1e7 / w if np.all(w > 0) else None
-    if u in _NOT_WAVELENGTH or (not u and _band_numbers(w)):
+    if u or _band_numbers(w):
         return None
-    return w * 1e3 if w.max() < 100 else w
+    if w.min() >= 0.2 and w.max() <= 20:
+        return w * 1e3
+    if w.min() >= 200 and w.max() <= 20000:
+        return w
+    return None
+
+
+def wavelength_note(values, units: str | None, where: str) -> str:
+    """The one-line note recorded when ``values`` of ``where`` are not taken as wavelengths."""
+    w = np.asarray(values, dtype=np.float64).ravel()
+    span = f"{w[0]:g}..{w[-1]:g}" if w.size and np.all(np.isfinite(w)) else "non-finite values"
+    unit = f"units {units!r}" if units else "no units"
+    return (f"{where}: wavelength values {span} with {unit} are not taken as wavelengths "
+            f"(only nm/µm are); the cube has no wavelength coordinate")
 
 
 def _band_numbers(w: np.ndarray) -> bool:
-    """Whether values are just band numbers 0..n-1 or 1..n (not wavelengths)."""
-    return w.size > 1 and bool(np.array_equal(w, np.arange(w.size) + w[0])) and w[0] in (0, 1)
+    """Whether values are band numbers: consecutive integers (0..n-1, 1..n, 5..n+4)."""
+    return w.size > 1 and bool(np.all(w == np.round(w))) and bool(np.all(np.diff(w) == 1))
 
 
 def raster_source(path, fmt: str = "raster") -> SceneSource:
@@ -95,8 +112,10 @@ def raster_source(path, fmt: str = "raster") -> SceneSource:
                 crs = src.crs.to_wkt() if src.crs else None
                 transform = src.transform
                 nodata = typed_nodata(src.nodata, src.dtypes[0])
-                wavelength = _band_wavelengths(src)
-                attrs = {"driver": src.driver, "scales": src.scales, "offsets": src.offsets}
+                notes = []
+                wavelength = _band_wavelengths(src, notes, f"{fmt} {Path(path).name}")
+                attrs = {"driver": src.driver}
+                scales, offsets = _scale_offset(src)
             pixels = rioxarray.open_rasterio(
                 path, chunks=CHUNKS, mask_and_scale=False, parse_coordinates=False
             )
@@ -106,8 +125,19 @@ def raster_source(path, fmt: str = "raster") -> SceneSource:
         transform = None
     return SceneSource(
         cube=pixels.data, wavelength=wavelength, crs=crs, transform=transform, nodata=nodata,
-        attrs={"format": fmt, "path": str(path), **attrs},
+        attrs={"format": fmt, "path": str(path), **attrs}, notes=notes,
+        band_scale=scales, band_offset=offsets,
     )
+
+
+def _scale_offset(src) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per-band GDAL scale and offset (physical = stored x scale + offset), None when they
+    are 1 and 0 for every band."""
+    scales = np.array([1.0 if v is None else v for v in src.scales], dtype=np.float64)
+    offsets = np.array([0.0 if v is None else v for v in src.offsets], dtype=np.float64)
+    if np.all(scales == 1) and np.all(offsets == 0):
+        return None, None
+    return scales, offsets
 
 
 def read_raster_band(path, fmt: str = "raster") -> np.ndarray:
@@ -140,37 +170,47 @@ def typed_nodata(value, dtype):
     return float(value)
 
 
-def _band_wavelengths(src) -> np.ndarray | None:
-    """Wavelengths (nm) from the band/dataset metadata of an open rasterio dataset, or None."""
+def _band_wavelengths(src, notes: list, where: str) -> np.ndarray | None:
+    """Wavelengths (nm) from the band/dataset metadata of an open rasterio dataset, or None
+    (with a line in ``notes`` when values were found but are not wavelengths)."""
     n = src.count
     tags = {k.lower(): v for k, v in src.tags().items()}
     band_tags = [{k.lower(): v for k, v in src.tags(i).items()} for i in range(1, n + 1)]
     units = tags.get("wavelength_units") or band_tags[0].get("wavelength_units")
     per_band = [t.get("wavelength") for t in band_tags]
     if all(v is not None for v in per_band):
-        return _floats_nm(per_band, units, n)
+        return _floats_nm(per_band, units, n, notes, where)
     imagery = [src.tags(i, ns="IMAGERY").get("CENTRAL_WAVELENGTH_UM") for i in range(1, n + 1)]
     if all(v is not None for v in imagery):
-        return _floats_nm(imagery, "um", n)
+        return _floats_nm(imagery, "um", n, notes, where)
     listed = tags.get("wavelength") or tags.get("wavelengths")
     if listed:
-        return _floats_nm(_NUMBER.findall(listed), units, n)
-    return _described_wavelengths(src.descriptions, units, n)
+        return _floats_nm(_NUMBER.findall(listed), units, n, notes, where)
+    return _described_wavelengths(src.descriptions, units, n, notes, where)
 
 
-def _described_wavelengths(descriptions, units, n) -> np.ndarray | None:
-    """Wavelengths from band descriptions that are each a number with an optional unit."""
+def _described_wavelengths(descriptions, units, n, notes, where) -> np.ndarray | None:
+    """Wavelengths from band descriptions that are each a number with an optional unit, or
+    that end with one in a known unit (ENVI's ``Band 12 (455.25 Nanometers)``)."""
     matches = [_NUMBER_WITH_UNIT.fullmatch(d or "") for d in descriptions]
-    if not all(matches):
-        return None
-    unit = matches[0].group(2) or units
-    return _floats_nm([m.group(1) for m in matches], unit, n)
+    if all(matches):
+        unit = matches[0].group(2) or units
+        return _floats_nm([m.group(1) for m in matches], unit, n, notes, where)
+    tails = [_TRAILING_WAVELENGTH.search(d or "") for d in descriptions]
+    if all(tails) and len({m.group(2).lower() for m in tails}) == 1:
+        return _floats_nm([m.group(1) for m in tails], tails[0].group(2), n, notes, where)
+    return None
 
 
-def _floats_nm(values, units, n) -> np.ndarray | None:
+def _floats_nm(values, units, n, notes: list, where: str) -> np.ndarray | None:
     """``values`` parsed as floats and converted to nm when there is one per band, else None."""
     try:
         w = np.array([float(v) for v in values], dtype=np.float64)
     except ValueError:
         return None
-    return wavelength_nm(w, units) if w.size == n else None
+    if w.size != n:
+        return None
+    nm = wavelength_nm(w, units)
+    if nm is None:
+        notes.append(wavelength_note(w, units, where))
+    return nm

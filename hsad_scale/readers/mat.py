@@ -20,7 +20,8 @@ import scipy.sparse
 
 from hsad_scale.errors import InputError
 from hsad_scale.readers import SceneSource
-from hsad_scale.readers.geotiff import existing_file, one_line, wavelength_nm
+from hsad_scale.readers.geotiff import existing_file, one_line, wavelength_nm, wavelength_note
+from hsad_scale.readers.layout import decide_band_axis, spatial_shape, user_band_axis
 
 #: Usual variable names, most likely first (compared case-insensitively).
 CUBE_NAMES = ("data", "hsi", "cube", "img", "image", "x")
@@ -32,28 +33,56 @@ _NON_NUMERIC_CLASSES = (b"char", b"cell", b"struct", b"function_handle", b"strin
 
 
 def read_mat(path, cube_key: str | None = None, gt_key: str | None = None, *,
-             materialize: bool = False) -> SceneSource:
+             materialize: bool = False, band_axis=None, truth_shape: tuple | None = None) -> SceneSource:
     """MATLAB scene as a lazy ``(band, y, x)`` dask cube in the stored dtype.
 
-    ``cube_key`` defaults to the 3-D numeric variable (a usual name such as ``data`` first,
-    then the largest); ``gt_key`` to a 2-D ``(rows, cols)`` variable named like ``map``/``gt``
-    (ground truth returned as numpy ``(y, x)``, None when there is none). A 1 x bands
+    ``cube_key`` defaults to the only 3-D numeric variable (InputError when there are
+    several). Its band axis comes from evidence (:mod:`hsad_scale.readers.layout`): the shape
+    of the ground truth (``gt_key``, a 2-D variable named like ``map``/``gt``, or
+    ``truth_shape`` of a separate file), the length of a ``wavelength`` vector, else
+    ``band_axis`` (first/middle/last in MATLAB order); InputError when nothing decides.
+    Ground truth returned as numpy ``(y, x)`` (None when there is none); a 1 x bands
     ``wavelength`` variable becomes the wavelengths (nm). v7.3 cubes are read per chunk
     from the file (reopened each time, so the graph pickles); ``materialize=True`` loads
     them into memory at once. v4/v5 files are always loaded whole (scipy cannot do otherwise).
     """
     mat = _open(existing_file(path))
     name = _cube_name(mat, cube_key)
-    rows, cols, bands = mat.shapes[name]
-    cube = mat.cube(name, materialize)
-    gt_name = _gt_name(mat, gt_key, (rows, cols), exclude=name)
-    return SceneSource(
-        cube=cube,
+    shape = tuple(mat.shapes[name])
+    if gt_key is not None:
+        _check_key(mat, gt_key)
+        if len(mat.shapes[gt_key]) != 2:
+            raise InputError(f"ground truth '{gt_key}' in {mat.path} has shape {mat.shapes[gt_key]}, "
+                             f"expected 2-D (rows, cols)")
+        truths = {gt_key: tuple(mat.shapes[gt_key])}
+    elif truth_shape is not None:
+        truths = {"--gt": tuple(truth_shape)}
+    else:
+        truths = _named_planes(mat, exclude=name)
+    waves = {k: int(np.prod(s)) for k, s in mat.shapes.items()
+             if k.lower() in WAVELENGTH_NAMES and len(s) <= 2 and min(s) == 1}
+    axis, evidence = decide_band_axis(shape, f"'{name}' in {mat.path}",
+                                      band_axis=user_band_axis(band_axis), truth_shapes=truths,
+                                      wavelength_sizes=waves)
+    if shape[axis] < 2:
+        raise InputError(f"'{name}' in {mat.path} has shape {shape}: a 2-D (single-band) image, "
+                         f"not a (rows, cols, bands) cube")
+    rows_cols = spatial_shape(shape, axis)
+    gt_name = gt_key if gt_key is not None else (
+        None if truth_shape is not None else _gt_name(mat, rows_cols, exclude=name))
+    notes = []
+    if axis != 2:
+        notes.append(f"'{name}' {shape} in {mat.path.name} is stored with its bands on axis {axis} "
+                     f"(MATLAB order), not last; decided by {evidence}")
+    source = SceneSource(
+        cube=mat.cube(name, axis, materialize),
         ground_truth=None if gt_name is None else mat.array(gt_name),
-        wavelength=_wavelength(mat, bands),
+        wavelength=_wavelength(mat, shape[axis], notes),
         attrs={"format": "mat", "mat_version": mat.version, "path": str(mat.path),
-               "cube_key": name, "gt_key": gt_name},
+               "cube_key": name, "gt_key": gt_name, "band_axis": axis, "band_axis_evidence": evidence},
+        notes=notes,
     )
+    return source
 
 
 def read_mat_ground_truth(path, gt_key: str | None = None) -> np.ndarray:
@@ -89,14 +118,19 @@ class _MatFile:
         with _h5_file(self.path) as f:
             return f[name][()].T
 
-    def cube(self, name: str, materialize: bool) -> da.Array:
-        """The (rows, cols, bands) variable as a dask ``(bands, rows, cols)`` array."""
+    def cube(self, name: str, band_axis: int, materialize: bool) -> da.Array:
+        """The 3-D variable as a dask ``(bands, rows, cols)`` array; ``band_axis`` in MATLAB
+        order, the two other axes are (rows, cols) in MATLAB order."""
+        order = [band_axis] + [a for a in range(3) if a != band_axis]
         if self._arrays is not None or materialize:
-            return da.from_array(np.transpose(self.array(name), (2, 0, 1)), chunks=CHUNKS)
-        view = H5Variable(str(self.path), name)  # h5py order: (bands, cols, rows)
-        lazy = da.from_array(view, chunks=CHUNKS, name=f"mat-{name}-{view.token()}",
+            return da.from_array(np.ascontiguousarray(np.transpose(self.array(name), order)),
+                                 chunks=CHUNKS)
+        view = H5Variable(str(self.path), name)  # h5py order: MATLAB's reversed
+        h5_order = [2 - a for a in order]
+        chunks = tuple(-1 if a == 2 - band_axis else "auto" for a in range(3))
+        lazy = da.from_array(view, chunks=chunks, name=f"mat-{name}-{view.token()}",
                              meta=np.empty((0, 0, 0), view.dtype), fancy=False)
-        return lazy.transpose(0, 2, 1)
+        return lazy.transpose(h5_order)
 
 
 class H5Variable:
@@ -169,33 +203,38 @@ def _check_key(mat: _MatFile, key: str) -> None:
 
 
 def _cube_name(mat: _MatFile, key: str | None) -> str:
-    """The cube variable: ``key`` checked, else a 3-D one (usual names first, then largest)."""
+    """The cube variable: ``key`` checked, else the only 3-D one (InputError when there are
+    none or several: picking one would be a guess)."""
     if key is not None:
         _check_key(mat, key)
-        candidates = [key]
-    else:
-        candidates = [k for k, s in mat.shapes.items() if len(s) == 3]
-        if not candidates:
-            raise InputError(f"no 3-D (rows, cols, bands) cube in {mat.path}; a single-band image "
-                             f"is not a hyperspectral cube (variables: {_listing(mat.shapes)})")
-    name = _preferred(candidates, CUBE_NAMES) or max(
-        candidates, key=lambda k: np.prod(mat.shapes[k]))
-    shape = mat.shapes[name]
-    if len(shape) != 3 or shape[2] < 2:
-        raise InputError(f"'{name}' in {mat.path} has shape {shape}: a 2-D (single-band) image, "
-                         f"not a (rows, cols, bands) cube")
-    return name
-
-
-def _gt_name(mat: _MatFile, key: str | None, shape: tuple, exclude: str) -> str | None:
-    """The ground-truth variable: ``key`` checked against ``shape``, else a ``shape`` 2-D one
-    with a ground-truth name, else the only such one; None when absent or ambiguous."""
-    if key is not None:
-        _check_key(mat, key)
-        if tuple(mat.shapes[key]) != tuple(shape):
-            raise InputError(f"ground truth '{key}' in {mat.path} has shape {mat.shapes[key]}, "
-                             f"expected (rows, cols) = {tuple(shape)}")
+        if len(mat.shapes[key]) != 3:
+            raise InputError(f"'{key}' in {mat.path} has shape {mat.shapes[key]}: a 2-D "
+                             f"(single-band) image, not a (rows, cols, bands) cube")
         return key
+    candidates = [k for k, s in mat.shapes.items() if len(s) == 3]
+    if not candidates:
+        raise InputError(f"no 3-D (rows, cols, bands) cube in {mat.path}; a single-band image "
+                         f"is not a hyperspectral cube (variables: {_listing(mat.shapes)})")
+    if len(candidates) > 1:
+        raise InputError(f"{mat.path} holds several 3-D variables "
+                         f"({_listing({k: mat.shapes[k] for k in candidates})}): pass --cube-key")
+    return candidates[0]
+
+
+def _named_planes(mat: _MatFile, exclude: str) -> dict:
+    """2-D variables named like a ground truth ``{name: shape}`` (vectors only when they fit
+    a spatial layout of the cube ``exclude``)."""
+    cube = mat.shapes[exclude]
+    named = {k: tuple(s) for k, s in mat.shapes.items() if k != exclude and len(s) == 2
+             and (k.lower() in GT_NAMES or any(h in k.lower() for h in GT_HINTS))}
+    # a named vector is a ground truth only when it is the image of a one-line scene
+    return {k: s for k, s in named.items()
+            if min(s) > 1 or any(spatial_shape(cube, a) == s for a in range(3))}
+
+
+def _gt_name(mat: _MatFile, shape: tuple, exclude: str) -> str | None:
+    """The ground-truth variable of spatial ``shape``: one with a ground-truth name, else the
+    only 2-D variable of that shape; None when absent or ambiguous."""
     planes = {k: s for k, s in mat.shapes.items() if tuple(s) == tuple(shape) and k != exclude}
     name = _preferred(planes, GT_NAMES, GT_HINTS)
     return name if name is not None or len(planes) != 1 else next(iter(planes))
@@ -211,11 +250,16 @@ def _preferred(variables, names, hints=()) -> str | None:
     return next((k for k in variables if any(h in k.lower() for h in hints)), None)
 
 
-def _wavelength(mat: _MatFile, bands: int) -> np.ndarray | None:
-    """A 1 x bands (or bands x 1) variable named like ``wavelength``, in nm, or None."""
+def _wavelength(mat: _MatFile, bands: int, notes: list) -> np.ndarray | None:
+    """A 1 x bands (or bands x 1) variable named like ``wavelength``, in nm, or None (with a
+    line in ``notes`` when its values are not plainly nm or µm)."""
     for k, s in mat.shapes.items():
         if k.lower() in WAVELENGTH_NAMES and int(np.prod(s)) == bands and min(s) == 1:
-            return wavelength_nm(mat.array(k).ravel())
+            values = mat.array(k).ravel()
+            nm = wavelength_nm(values)
+            if nm is None:
+                notes.append(wavelength_note(values, None, f"'{k}' in {mat.path.name}"))
+            return nm
     return None
 
 

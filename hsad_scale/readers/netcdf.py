@@ -10,6 +10,7 @@ Values are not decoded: the source dtype is kept, ``_FillValue``/``missing_value
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -17,8 +18,9 @@ from affine import Affine
 
 from hsad_scale.errors import InputError
 from hsad_scale.readers import SceneSource
-from hsad_scale.readers.geotiff import existing_file, one_line, wavelength_nm
-from hsad_scale.readers.mat import GT_NAMES
+from hsad_scale.readers.geotiff import existing_file, one_line, wavelength_nm, wavelength_note
+from hsad_scale.readers.layout import decide_band_axis, user_band_axis
+from hsad_scale.readers.mat import GT_HINTS, GT_NAMES
 
 BAND_DIM = re.compile(r"band|wave|spectr|channel|^wl$|^lambda$", re.IGNORECASE)
 Y_NAMES = {"y", "lat", "latitude", "row", "rows", "line", "lines", "downtrack", "along_track",
@@ -31,34 +33,256 @@ ENGINES = ("h5netcdf", "netcdf4")
 
 
 def read_netcdf(path, cube_key: str | None = None, gt_key: str | None = None, *,
-                band_dim: str | None = None) -> SceneSource:
+                band_dim=None, truth_shape: tuple | None = None) -> SceneSource:
     """NetCDF/HDF5 scene as a lazy ``(band, y, x)`` dask cube in the stored dtype.
 
-    Wavelengths float64 nm (EMIT group or a coordinate/variable on the band dimension, units
-    from its ``units`` attribute); ground truth: a 2-D ``(y, x)`` variable named like ``gt``
-    (or ``gt_key``); CRS/transform only when the variable has a CF ``grid_mapping``.
+    ``cube_key`` names the variable, or an HDF5 path ``group/.../variable``; by default the
+    only 3-D numeric variable of the root (InputError when there are several). The band
+    dimension comes from evidence (:mod:`hsad_scale.readers.layout`): dimension names, the
+    ground truth's shape, a wavelength vector's length, else ``band_dim`` (a dim name or
+    first/middle/last). Wavelengths float64 nm (EMIT ``sensor_band_parameters`` group or a
+    variable/coordinate along the band dimension, units from its ``units`` attribute; EMIT
+    ``good_wavelengths`` = 0 marks bad bands); ground truth: a 2-D ``(y, x)`` variable named
+    like ``gt`` (or ``gt_key``); CRS/transform only when the variable has a CF ``grid_mapping``.
     """
     p = existing_file(path)
-    ds = _open(p)
-    name = _cube_name(ds, cube_key, p)
+    cube_key = cube_key or _only_hdf5_cube(p)
+    group, key = _split_key(cube_key)
+    ds = _open(p, group)
+    name = _cube_name(ds, key, p)
     var = ds[name]
-    bdim = _band_dim(var, band_dim, p)
+    where = f"'{cube_key or name}' in {p}"
+    truths = _truth_shapes(ds, var, gt_key, truth_shape, p)
+    waves = _wavelength_sizes(p, ds, var)
+    prisma = _prisma_bands(p, cube_key)
+    if prisma is not None:
+        waves[prisma["list"]] = prisma["wavelength"].size
+    axis, evidence = decide_band_axis(var.shape, where, band_axis=user_band_axis(band_dim, var.dims),
+                                      truth_shapes=truths, wavelength_sizes=waves,
+                                      named_axes=_named_axes(var))
+    bdim = var.dims[axis]
     if var.sizes[bdim] < 2:
         raise InputError(f"'{name}' in {p} has one band: a 2-D (single-band) image is not a cube")
     ydim, xdim = _spatial_dims(var, bdim)
     cube = var.chunk({bdim: -1, ydim: "auto", xdim: "auto"}).transpose(bdim, ydim, xdim).data
     crs, transform = _georef(ds, var, ydim, xdim)
     nodata = var.attrs.get("_FillValue", var.attrs.get("missing_value"))
-    return SceneSource(
+    notes = []
+    source = SceneSource(
         cube=cube,
-        ground_truth=_ground_truth(ds, gt_key, ydim, xdim, p),
-        wavelength=_wavelength(p, ds, var, bdim),
+        ground_truth=None if truth_shape is not None else _ground_truth(ds, gt_key, ydim, xdim, p),
+        wavelength=_wavelength(p, ds, var, bdim, notes),
         crs=crs, transform=transform,
         nodata=None if nodata is None else np.asarray(nodata).ravel()[0].item(),
-        attrs={"format": "netcdf", "path": str(p), "cube_key": name, "dims": (bdim, ydim, xdim),
+        bad_bands=_good_wavelengths(p, var.sizes[bdim]),
+        notes=notes,
+        attrs={"format": "netcdf", "path": str(p), "cube_key": cube_key or name,
+               "dims": (bdim, ydim, xdim), "band_axis_evidence": evidence,
                **{k: var.attrs[k] for k in ("scale_factor", "add_offset", "units")
                   if k in var.attrs}},
     )
+    source.band_scale, source.band_offset = _cf_scale(var, var.sizes[bdim])
+    source.glt = _glt(p, ds, (var.sizes[ydim], var.sizes[xdim]))
+    if prisma is not None and prisma["wavelength"].size == var.sizes[bdim]:
+        _apply_prisma(source, prisma)
+    return source
+
+
+def _only_hdf5_cube(path) -> str | None:
+    """The HDF5 path of the only 3-D numeric dataset of a file whose root holds none (HDF-EOS
+    products such as PRISMA keep cubes in groups); None when the root has one or the file is
+    not HDF5; InputError listing the paths when there are several."""
+    import h5py
+
+    try:
+        if not h5py.is_hdf5(str(path)):
+            return None
+        found = []
+        with h5py.File(path, "r") as f:
+            if any(isinstance(v, h5py.Dataset) and v.ndim == 3 for v in f.values()):
+                return None
+            f.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset)
+                         and obj.ndim == 3 and obj.dtype.kind in "biuf" else None)
+    except OSError:
+        return None  # unreadable: _open says why
+    if len(found) > 1:
+        raise InputError(f"several 3-D datasets in {path} ({', '.join(found)}): pass --cube-key "
+                         f"with one of these paths")
+    return found[0] if found else None
+
+
+#: PRISMA L2 root attributes per cube: wavelength list, its flags, reflectance scale min/max.
+PRISMA_ATTRS = {"vnir": ("List_Cw_Vnir", "List_Cw_Vnir_Flags", "L2ScaleVnirMin", "L2ScaleVnirMax"),
+                "swir": ("List_Cw_Swir", "List_Cw_Swir_Flags", "L2ScaleSwirMin", "L2ScaleSwirMax")}
+
+
+def _prisma_bands(path, cube_key: str | None) -> dict | None:
+    """PRISMA L2 band metadata of the VNIR or SWIR cube named by ``cube_key`` (root
+    attributes ``List_Cw_Vnir``, ``List_Cw_Vnir_Flags``, ``L2ScaleVnirMin``/``Max``, and the
+    SWIR ones), or None for other files."""
+    import h5py
+
+    if cube_key is None:
+        return None
+    kind = "vnir" if "vnir" in cube_key.lower() else "swir" if "swir" in cube_key.lower() else None
+    if kind is None:
+        return None
+    wl_name, flag_name, lo_name, hi_name = PRISMA_ATTRS[kind]
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+    except OSError:
+        return None
+    if wl_name not in attrs:
+        return None
+    out = {"list": wl_name, "wavelength": np.asarray(attrs[wl_name], dtype=np.float64).ravel()}
+    if flag_name in attrs:
+        out["flags"] = (flag_name, np.asarray(attrs[flag_name]).ravel())
+    if lo_name in attrs and hi_name in attrs:
+        out["scale"] = (float(np.ravel(attrs[lo_name])[0]), float(np.ravel(attrs[hi_name])[0]))
+    return out
+
+
+def _apply_prisma(source: SceneSource, prisma: dict) -> None:
+    """Wavelengths (nm), flagged-off bands and the L2 reflectance scaling of a PRISMA cube:
+    reflectance = DN / 65535 x (max - min) + min (PRISMA Product Specification)."""
+    w = prisma["wavelength"]
+    if "flags" in prisma:
+        name, flags = prisma["flags"]
+        if flags.size == w.size:
+            source.bad_bands.update({int(i): f"{name} = 0 (PRISMA)" for i in np.flatnonzero(flags == 0)})
+    usable = w > 0
+    if usable.all():
+        source.wavelength = w
+    else:  # flagged-off bands carry wavelength 0: the rest is still a wavelength in nm
+        source.bad_bands.update({int(i): f"{prisma['list']} = 0 (PRISMA)" for i in np.flatnonzero(~usable)})
+        source.wavelength = np.where(usable, w, np.nan)
+    if "scale" in prisma:
+        lo, hi = prisma["scale"]
+        n = w.size
+        source.band_scale, source.band_offset = np.full(n, (hi - lo) / 65535.0), np.full(n, lo)
+
+
+def _glt(path, ds: xr.Dataset, swath_shape: tuple):
+    """EMIT's geometry lookup table (group ``location``: ``glt_x``, ``glt_y``; root attributes
+    ``geotransform`` (GDAL order) and ``spatial_ref`` (WKT)), or None; InputError when it
+    points outside the swath."""
+    from hsad_scale.readers import GeoLookupTable
+
+    loc = _try_open(path, "location")
+    if loc is None or "glt_x" not in loc.variables or "glt_y" not in loc.variables:
+        return None
+    if "geotransform" not in ds.attrs or "spatial_ref" not in ds.attrs:
+        return None
+    gx = np.asarray(loc["glt_x"].values).astype(np.int64)
+    gy = np.asarray(loc["glt_y"].values).astype(np.int64)
+    fill = [loc[k].attrs.get("_FillValue") for k in ("glt_x", "glt_y")]
+    for f, g in zip(fill, (gx, gy)):
+        if f is not None:
+            g[g == int(np.asarray(f).ravel()[0])] = 0
+    gx[gx < 0] = 0
+    gy[gy < 0] = 0
+    if gx.shape != gy.shape or gx.ndim != 2:
+        raise InputError(f"{path}: location/glt_x {gx.shape} and glt_y {gy.shape} are not one 2-D grid")
+    if gx.max() > swath_shape[1] or gy.max() > swath_shape[0]:
+        raise InputError(f"{path}: the GLT points outside the swath {swath_shape} (glt_y up to "
+                         f"{gy.max()}, glt_x up to {gx.max()})")
+    if not np.any((gx > 0) & (gy > 0)):
+        raise InputError(f"{path}: the GLT (location/glt_x, glt_y) maps no pixel")
+    t = [float(v) for v in np.asarray(ds.attrs["geotransform"]).ravel()]
+    return GeoLookupTable(x=gx.astype(np.int32), y=gy.astype(np.int32),
+                          crs=str(ds.attrs["spatial_ref"]), transform=Affine.from_gdal(*t))
+
+
+def _split_key(cube_key: str | None) -> tuple[str | None, str | None]:
+    """``(group, variable)`` of a ``cube_key`` that may be an HDF5 path (``a/b/VNIR_Cube``)."""
+    if cube_key is None or "/" not in cube_key.strip("/"):
+        return None, None if cube_key is None else cube_key.strip("/")
+    group, _, key = cube_key.strip("/").rpartition("/")
+    return group, key
+
+
+def _cf_scale(var: xr.DataArray, n_bands: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """CF ``scale_factor``/``add_offset`` as per-band float64 vectors, or (None, None)."""
+    if "scale_factor" not in var.attrs and "add_offset" not in var.attrs:
+        return None, None
+    scale = float(np.asarray(var.attrs.get("scale_factor", 1.0)).ravel()[0])
+    offset = float(np.asarray(var.attrs.get("add_offset", 0.0)).ravel()[0])
+    return np.full(n_bands, scale), np.full(n_bands, offset)
+
+
+def _named_axes(var: xr.DataArray) -> dict:
+    """``{axis: why}`` of the axes that dimension names mark as the band axis."""
+    dims = [str(d) for d in var.dims]
+    named = {i: f"dimension '{d}'" for i, d in enumerate(dims) if BAND_DIM.search(d)}
+    for i in range(3):
+        others = [d.lower() for j, d in enumerate(dims) if j != i]
+        if any(o in Y_NAMES for o in others) and any(o in X_NAMES for o in others):
+            named.setdefault(i, f"dimensions {', '.join(dims[j] for j in range(3) if j != i)} are y and x")
+    return named
+
+
+def _truth_shapes(ds: xr.Dataset, var: xr.DataArray, gt_key, truth_shape, path) -> dict:
+    """Ground-truth candidates ``{name: shape in the cube's axis order}``."""
+    if truth_shape is not None:
+        return {"--gt": tuple(truth_shape)}
+    if gt_key is not None:
+        if gt_key not in ds.variables:
+            raise InputError(f"variable '{gt_key}' not found in {path}; variables: {_listing(ds)}")
+        names = [gt_key]
+    else:
+        names = [k for k in ds.variables if k != var.name and
+                 (str(k).lower() in GT_NAMES or any(h in str(k).lower() for h in GT_HINTS))]
+    out = {}
+    for k in names:
+        v = ds[k]
+        if v.ndim != 2 or min(v.shape) < 2:
+            if gt_key is not None:
+                raise InputError(f"ground truth '{k}' in {path} has dims {dict(v.sizes)}, expected 2-D (y, x)")
+            continue
+        if set(v.dims) <= set(var.dims):  # shared dims: its shape in the cube's order
+            out[str(k)] = tuple(v.sizes[d] for d in var.dims if d in v.dims)
+        else:
+            out[str(k)] = tuple(v.shape)
+    return out
+
+
+def _wavelength_sizes(path, ds: xr.Dataset, var: xr.DataArray) -> dict:
+    """``{name: length}`` of 1-D wavelength variables (root or EMIT band group)."""
+    sizes = {k: ds[k].size for k in WAVELENGTH_NAMES if k in ds.variables and ds[k].ndim == 1}
+    for group in BAND_GROUPS:
+        band_ds = _try_open(path, group)
+        if band_ds is not None:
+            sizes.update({f"{group}/{k}": band_ds[k].size for k in WAVELENGTH_NAMES
+                          if k in band_ds.variables and band_ds[k].ndim == 1})
+    return sizes
+
+
+def _good_wavelengths(path, n_bands: int) -> dict:
+    """``{band index: reason}`` of EMIT's ``good_wavelengths`` = 0 (bands it flags bad)."""
+    band_ds = _try_open(path, "sensor_band_parameters")
+    if band_ds is None or "good_wavelengths" not in band_ds.variables:
+        return {}
+    good = np.asarray(band_ds["good_wavelengths"].values).ravel()
+    if good.size != n_bands:
+        return {}
+    return {int(i): "good_wavelengths = 0 (EMIT sensor_band_parameters)" for i in np.flatnonzero(good == 0)}
+
+
+def _try_open(path, group: str):
+    """The group of the file, or None when it has none of that name."""
+    try:
+        with open(path, "rb") as f:
+            if not f.read(8).startswith(b"\x89HDF"):
+                return None
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            if group not in f:
+                return None
+        return _open(path, group)
+    except (OSError, InputError):
+        return None
 
 
 def _open(path, group: str | None = None) -> xr.Dataset:
@@ -92,22 +316,6 @@ def _cube_name(ds: xr.Dataset, key: str | None, path) -> str:
     return cubes[0]
 
 
-def _band_dim(var: xr.DataArray, band_dim: str | None, path) -> str:
-    """The band dimension: ``band_dim``, else the one named like a band, else the smallest."""
-    if band_dim is not None:
-        if band_dim not in var.dims:
-            raise InputError(f"band_dim '{band_dim}' is not a dimension of {var.name} {var.dims}")
-        return band_dim
-    named = [d for d in var.dims if BAND_DIM.search(str(d))]
-    if len(named) == 1:
-        return named[0]
-    sizes = sorted(var.sizes.items(), key=lambda kv: kv[1])
-    if sizes[0][1] == sizes[1][1]:
-        raise InputError(f"cannot tell the band dimension of {var.name} {dict(var.sizes)} in "
-                         f"{path}; name it band/wavelength or pass band_dim")
-    return sizes[0][0]
-
-
 def _spatial_dims(var: xr.DataArray, bdim: str) -> tuple[str, str]:
     """``(y, x)`` dims: by name when named like y and x, else in the variable's order."""
     first, second = (d for d in var.dims if d != bdim)
@@ -116,21 +324,24 @@ def _spatial_dims(var: xr.DataArray, bdim: str) -> tuple[str, str]:
     return first, second
 
 
-def _wavelength(path, ds: xr.Dataset, var: xr.DataArray, bdim: str) -> np.ndarray | None:
-    """Wavelengths (nm) from the EMIT band group, else a variable/coordinate along ``bdim``."""
+def _wavelength(path, ds: xr.Dataset, var: xr.DataArray, bdim: str, notes: list) -> np.ndarray | None:
+    """Wavelengths (nm) from the EMIT band group, else a variable/coordinate along ``bdim``;
+    None (with a line in ``notes``) when its values or units are not wavelengths."""
     n = var.sizes[bdim]
     candidates = [ds[k] for k in WAVELENGTH_NAMES if k in ds.variables]
     if bdim in ds.variables and ("units" in ds[bdim].attrs or "wave" in str(bdim).lower()):
         candidates.append(ds[bdim])  # the band coordinate, when it looks like wavelengths
     for group in BAND_GROUPS:
-        try:
-            band_ds = _open(path, group)
-        except InputError:
-            continue
-        candidates = [band_ds[k] for k in WAVELENGTH_NAMES if k in band_ds.variables] + candidates
+        band_ds = _try_open(path, group)
+        if band_ds is not None:
+            candidates = [band_ds[k] for k in WAVELENGTH_NAMES if k in band_ds.variables] + candidates
     for w in candidates:
         if w.ndim == 1 and w.size == n and w.dtype.kind in "iuf":
-            return wavelength_nm(w.values, w.attrs.get("units"))
+            units = w.attrs.get("units")
+            nm = wavelength_nm(w.values, units)
+            if nm is None:
+                notes.append(wavelength_note(w.values, units, f"'{w.name}' in {Path(path).name}"))
+            return nm
     return None
 
 
