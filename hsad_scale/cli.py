@@ -20,15 +20,18 @@ def _ingest(args) -> None:
 
 def _detect(args) -> None:
     from hsad_scale import cluster
+    from hsad_scale.detectors import LEARNED_METHODS
 
+    if args.model:  # the saved model's detector; another --method is refused (exit 2)
+        from hsad_scale.detectors.saved import check_method
+
+        args.method = check_method(args.model, args.method)
+    args.method = args.method or "rx"
     if cluster.local_cluster_wanted(args.dask_address) and not getattr(args, "flow", False):
-        # the workers' modules load in the background while this process imports its own
-        cluster.start_worker_server(cluster.LEARNED_WORKER_MODULES if args.method in ("ae", "vae")
+        # the workers' modules (those of the method, the saved model's included) load in the
+        # background while this process imports its own
+        cluster.start_worker_server(cluster.LEARNED_WORKER_MODULES if args.method in LEARNED_METHODS
                                     else cluster.WORKER_MODULES)
-    if args.method is None:  # the saved model's detector, else RX
-        from hsad_scale.pipeline import saved_method
-
-        args.method = saved_method(args.model) if args.model else "rx"
     if getattr(args, "flow", False):
         return _detect_flow(args)
     from hsad_scale.pipeline import DetectOptions, run_detect
@@ -205,6 +208,8 @@ def _synth(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hsad", description="Hyperspectral anomaly detection at scale (RX, AE, VAE) on chunked Zarr cubes.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    from hsad_scale.detectors import METHODS
+
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def source_layout(p):
@@ -242,13 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("detect", help="score every pixel of a scene and write maps, metrics and plots")
     p.add_argument("src", help="a cube store (.zarr) or any scene file that ingest reads")
-    p.add_argument("--method", choices=("rx", "ae", "vae"),
-                   help="detector (default: that of --model when given, else rx)")
+    p.add_argument("--method", choices=METHODS,
+                   help="detector (default: that of --model when given, else rx); see docs/detectors.md")
     p.add_argument("--out", required=True, help="run folder to create")
-    p.add_argument("--preset", help="AE/VAE settings preset: default-ae, default-vae, study-ae, study-ae-4l, study-vae")
-    p.add_argument("--config", help="YAML file of AE/VAE settings (may name a preset)")
+    p.add_argument("--preset", help="AE/VAE settings preset: default-ae, default-vae, study-ae, study-ae-4l, study-vae "
+                                    "(wins over a config file's preset:)")
+    p.add_argument("--config", help="YAML file of the detector's settings (AE/VAE: may name a preset)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override one AE/VAE setting, e.g. --set epochs=5 --set latent=8")
+                   help="one setting of the detector, e.g. --set epochs=5 (AE/VAE), --set outer=15 (local-rx), "
+                        "--set clusters=6 (cluster-rx)")
     p.add_argument("--metric", help="comma-separated AE/VAE scores to map (first one is `score`): "
                                     "resid-mahal, mse, sam, l1, latent-mahal, joint-mahal")
     p.add_argument("--repeats", type=int, default=1, help="AE/VAE trainings with seeds seed..seed+N-1 (default 1)")
@@ -301,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     def watch_options(p):
         p.add_argument("landing", help="landing location: a folder or an fsspec URL (s3://..., gs://...)")
         p.add_argument("--out", required=True, help="output location: a run folder per acquisition and ledger.json")
-        p.add_argument("--method", default="rx", choices=("rx", "ae", "vae"), help="detector (default rx)")
+        p.add_argument("--method", default="rx", choices=METHODS, help="detector (default rx)")
         p.add_argument("--preset", help="AE/VAE settings preset")
         p.add_argument("--config", help="YAML file of AE/VAE settings")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one AE/VAE setting")

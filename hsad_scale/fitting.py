@@ -21,6 +21,8 @@ def fit_detector(cube, method: str, settings=None, *, model=None, client=None, r
         name = cls.fit_stage if not cls.needs_torch else "load-model"
         det = stage.run(name, saved.load_detector, model, method)
         check_bands(det, cube)
+        if cls.needs_torch:  # the sample of this cube its normalisers (and the latent plot) use
+            stage.run("sample", det.draw_sample, cube)
         return det
     det = cls(settings)
     kwargs = dict(client=client, repeats=repeats, device=device, keep_on_cluster=keep_on_cluster) \
