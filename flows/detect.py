@@ -2,11 +2,11 @@
 
 It is :func:`hsad_scale.pipeline.run_detect` with each stage run as a Prefect task of the
 stage's name (``ingest``, ``rx-stats`` or ``scaling-stats``/``train-ae``/``ae-feature-stats``,
-``score``, ``geotiff``, ``evaluate``, ``report``), so the run folder is the one ``hsad detect``
+``score``, ``geotiff``, ``evaluate``, ``detections``, ``report``), so the run folder is the one ``hsad detect``
 writes, plus ``run.json["prefect"]`` (the flow run). The Dask work inside the stages keeps its
 own key names on the dashboard (``rx-stats``, ``train-ae-<i>`` on a worker with the ``GPU``
 resource when there is one, ``score-tile``). A report is published as artifacts: the metrics
-table and links to the maps, plots and stores.
+table, links to the maps, plots and stores, and the detection table (highest peaks first).
 
 Run it: ``hsad detect SRC --out RUN_DIR --flow`` or ``python -m flows.detect SRC RUN_DIR``.
 """
@@ -28,7 +28,10 @@ from hsad_scale.pipeline import DetectOptions, Stages, run_detect
 TASK_OPTIONS = dict(cache_policy=NO_CACHE, persist_result=False)
 
 REPORT_FILES = (("map.png", "score map"), ("roc.png", "ROC curves"), ("scores.zarr", "score store (Zarr)"),
-                ("scores.tif", "score map (GeoTIFF)"), ("metrics.json", "metrics"), ("run.json", "run record"))
+                ("scores.tif", "score map (COG)"), ("detections/detections.tif", "detection ids (COG)"),
+                ("detections/detections.geojson", "detection outlines (GeoJSON)"),
+                ("detections/detections.parquet", "detections (GeoParquet)"), ("objects.png", "object-level curve"),
+                ("metrics.json", "metrics"), ("run.json", "run record"))
 
 
 @task(name="stage", **TASK_OPTIONS)
@@ -75,6 +78,28 @@ def publish_report(run_dir: str) -> None:
     else:
         lines += ["", "No ground truth: no metrics."]
     create_markdown_artifact("\n".join(lines), description=f"hsad detect report: {run_dir.name}")
+    publish_detections(run_dir, record)
+
+
+#: Rows of the detection table published as an artifact (the highest peaks).
+ARTIFACT_DETECTIONS = 50
+
+
+def publish_detections(run_dir: Path, record: dict) -> None:
+    """The run's detection table (``detections/detections.csv``, highest peaks first) as a
+    Prefect table artifact."""
+    import pandas as pd
+
+    table = run_dir / "detections" / "detections.csv"
+    found = record.get("detections") or {}
+    if not table.is_file():
+        return
+
+    rows = pd.read_csv(table, nrows=ARTIFACT_DETECTIONS).round(6)
+    rows = json.loads(rows.to_json(orient="records"))  # plain JSON values (NaN -> null)
+    create_table_artifact(rows, description=(
+        f"Detections of {record['method'].upper()} on {record['source']}: {found.get('objects')} at PFA "
+        f"{found.get('pfa')} ({found.get('rule')} threshold {found.get('threshold')}); top {len(rows)} by peak score"))
 
 
 @flow(name="detect", flow_run_name=_run_name, validate_parameters=True)
@@ -82,13 +107,14 @@ def detect(src: str, out: str, method: str = "rx", preset: str | None = None, co
            settings: list[str] | None = None, metrics: list[str] | None = None, repeats: int = 1,
            ensemble: str = "mean", device: str = "auto", model: str | None = None, overwrite: bool = False,
            dask_address: str | None = None, gt: str | None = None, cube_key: str | None = None,
-           gt_key: str | None = None, chunk: int = 256, acquisition: dict | None = None) -> str:
+           gt_key: str | None = None, chunk: int = 256, acquisition: dict | None = None, pfa: float = 1e-3,
+           threshold: str = "empirical", normalise: bool = False) -> str:
     """Score every pixel of ``src`` (a cube store or any scene file ``hsad ingest`` reads)
     into the run folder ``out``; the same options as ``hsad detect`` (``acquisition``: what
     the watch flow records about the source). Returns ``out``."""
     options = DetectOptions(method=method, preset=preset, config_file=config, settings=tuple(settings or ()),
                             metrics=tuple(metrics) if metrics else None, repeats=repeats, ensemble=ensemble,
-                            device=device, model=model)
+                            device=device, model=model, pfa=pfa, threshold=threshold, normalise=normalise)
     run_dir = run_detect(src, out, options, overwrite=overwrite, dask_address=dask_address,
                          ingest_options=dict(gt=gt, cube_key=cube_key, gt_key=gt_key, chunk=chunk),
                          stage=TaskStages(), record_extra={"prefect": flow_run_record(),

@@ -195,6 +195,29 @@ class HsadAccessor:
         # one pass over the cube for all maps (evaluate_scores reads each variable on its own)
         return pipeline.evaluate_scores(ds, scores.compute())
 
+    def detections(self, scores, pfa: float = 1e-3, rule: str = "empirical", truth=None, tile=None):
+        """Detections of a score map at ``pfa`` as a GeoDataFrame (outlines, peak points,
+        peak spectra from the cube when this object holds one; ranked by peak score; the
+        thresholds and counts in ``frame.attrs["detections"]``):
+        :func:`hsad_scale.detections.run_detections` (``rule="chi2"``: RX scores, B = the
+        cube's bands). With ground truth (``truth`` or the Dataset's), the record holds the
+        object-level figures. Computes the map (two threshold passes, one labelling pass)."""
+        from hsad_scale.detections import run_detections
+
+        score = self._georeference(_first_map(scores))
+        try:
+            cube = self.cube
+        except InputError:
+            cube = None
+        if truth is None:
+            truth = self.truth
+        if rule == "chi2" and cube is None:
+            raise InputError("the chi-square rule needs the cube's number of bands: call it on the cube")
+        frame, record = run_detections(score, pfa=pfa, rule=rule, bands=cube.sizes["band"] if rule == "chi2" else None,
+                                       cube=cube, truth=truth, tile=tile)
+        frame.attrs["detections"] = record
+        return frame
+
     def roc_curves(self, maps, truth=None) -> dict:
         """ROC curves (with AUC labels) of ``maps`` (label -> map, or label -> runs) for
         :func:`hsad_scale.plots.plot_roc`."""

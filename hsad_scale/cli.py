@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from hsad_scale.errors import InputError
@@ -18,15 +21,49 @@ def _ingest(args) -> None:
     print(f"[hsad] wrote {args.dest}", file=sys.stderr)
 
 
-def _detect(args) -> None:
-    from hsad_scale import cluster
-    from hsad_scale.detectors import LEARNED_METHODS
+def _check_detect(args) -> None:
+    """What can be checked of a detect command line at once (no data read, nothing heavy
+    imported): destination, source, scheduler address, options, AE/VAE settings and metrics."""
+    from hsad_scale import checks
+    from hsad_scale.atomic import check_destination
 
+    check_destination(args.out, args.overwrite)
+    if not Path(args.src).exists():
+        raise InputError(f"{args.src} does not exist")
+    checks.check_dask_address(args.dask_address)
+    if args.dashboard_address is not None:
+        checks.check_listen_address(args.dashboard_address, "--dashboard-address")
+    if args.repeats < 1:
+        raise InputError(f"--repeats must be at least 1, got {args.repeats}")
+    if args.chunk < 1:
+        raise InputError(f"--chunk must be positive, got {args.chunk}")
     if args.model:  # the saved model's detector; another --method is refused (exit 2)
         from hsad_scale.detectors.saved import check_method
 
         args.method = check_method(args.model, args.method)
-    args.method = args.method or "rx"
+    method = args.method = args.method or "rx"
+    checks.check_metrics(method, _metrics(args))
+    config = None
+    if not args.model:  # the detector's settings (AE/VAE: without importing PyTorch)
+        from hsad_scale.detectors import LEARNED_METHODS
+        from hsad_scale.detectors.base import resolve_settings
+
+        settings = resolve_settings(method, args.preset, args.config, tuple(args.set or ()))
+        config = settings if method in LEARNED_METHODS else None
+    shape = checks.cube_store_shape(args.src)
+    if shape is not None:  # a cube store: its metadata gives the shape (a scene file's, after ingest)
+        checks.check_detect_inputs(method, _metrics(args), config, args.model, shape)
+
+
+def _metrics(args) -> tuple | None:
+    return tuple(m.strip() for m in args.metric.split(",") if m.strip()) or None if args.metric else None
+
+
+def _detect(args) -> None:
+    from hsad_scale import cluster
+    from hsad_scale.detectors import LEARNED_METHODS
+
+    _check_detect(args)  # bad input fails before anything starts; the method is now known (a saved model's)
     if cluster.local_cluster_wanted(args.dask_address) and not getattr(args, "flow", False):
         # the workers' modules (those of the method, the saved model's included) load in the
         # background while this process imports its own
@@ -39,11 +76,12 @@ def _detect(args) -> None:
     metrics = tuple(m.strip() for m in args.metric.split(",") if m.strip()) if args.metric else None
     options = DetectOptions(method=args.method, preset=args.preset, config_file=args.config,
                             settings=tuple(args.set or ()), metrics=metrics, repeats=args.repeats,
-                            ensemble=args.ensemble, device=args.device, model=args.model)
+                            ensemble=args.ensemble, device=args.device, model=args.model, pfa=args.pfa,
+                            threshold=args.threshold, normalise=args.normalise)
     ingest_options = dict(gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk,
                           band_axis=args.band_axis, drop_bands=args.drop_bands, swath=args.swath)
     run_detect(args.src, args.out, options, overwrite=args.overwrite, dask_address=args.dask_address,
-               ingest_options=ingest_options)
+               ingest_options=ingest_options, dashboard_address=args.dashboard_address)
 
 
 def _detect_flow(args) -> None:
@@ -52,6 +90,9 @@ def _detect_flow(args) -> None:
     from hsad_scale.atomic import check_destination
 
     check_destination(args.out, args.overwrite)  # bad input fails before Prefect starts
+    if args.band_axis or args.drop_bands or args.swath:
+        raise InputError("--band-axis, --drop-bands and --swath are not passed to the detect flow yet: "
+                         "run without --flow, or ingest first (hsad ingest ... --drop-bands ...)")
     if not Path(args.src).exists():
         raise InputError(f"{args.src} does not exist")
     from flows import local_run, start_prefect
@@ -62,14 +103,31 @@ def _detect_flow(args) -> None:
     metrics = [m.strip() for m in args.metric.split(",") if m.strip()] if args.metric else None
     learned_config(DetectOptions(method=args.method, preset=args.preset, config_file=args.config,
                                  settings=tuple(args.set or ()), metrics=tuple(metrics) if metrics else None,
-                                 repeats=args.repeats, ensemble=args.ensemble, device=args.device, model=args.model))
+                                 repeats=args.repeats, ensemble=args.ensemble, device=args.device, model=args.model,
+                                 pfa=args.pfa, threshold=args.threshold, normalise=args.normalise))
     from flows.detect import detect
 
     with local_run(args.dask_address, prefect=prefect) as address:
         detect(src=args.src, out=args.out, method=args.method, preset=args.preset, config=args.config,
                settings=list(args.set or ()), metrics=metrics, repeats=args.repeats, ensemble=args.ensemble,
                device=args.device, model=args.model, overwrite=args.overwrite, dask_address=address, gt=args.gt,
-               cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk)
+               cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk, pfa=args.pfa, threshold=args.threshold,
+               normalise=args.normalise)
+
+
+def _detections(args) -> None:
+    from hsad_scale.pipeline import redo_detections
+
+    redo_detections(args.run_dir, args.pfa, args.threshold, overwrite=args.overwrite)
+
+
+def threshold_options(p) -> None:
+    p.add_argument("--pfa", type=float, default=1e-3,
+                   help="probability of false alarm: the fraction of valid pixels flagged as detections "
+                        "(default 1e-3)")
+    p.add_argument("--threshold", default="empirical", choices=("empirical", "chi2"),
+                   help="threshold rule: empirical = the (1 - PFA) quantile of the scores (default; every "
+                        "detector); chi2 = chi-square with B degrees of freedom (RX only)")
 
 
 def _inspect(args) -> None:
@@ -205,8 +263,15 @@ def _synth(args) -> None:
     print(f"[hsad] wrote {args.dest}", file=sys.stderr)
 
 
+class HsadParser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage block stays in ``--help``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"hsad: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hsad", description="Hyperspectral anomaly detection at scale (RX, AE, VAE) on chunked Zarr cubes.")
+    parser = HsadParser(prog="hsad", description="Hyperspectral anomaly detection at scale (RX, AE, VAE) on chunked Zarr cubes.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     from hsad_scale.detectors import METHODS
 
@@ -265,10 +330,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="apply a saved model (RUN_DIR/model, a model folder, or rx_stats.npz) without refitting")
     p.add_argument("--dask-address", default=os.environ.get("HSAD_DASK_ADDRESS"),
                    help="scheduler of an existing Dask cluster (default: a LocalCluster; env HSAD_DASK_ADDRESS)")
+    p.add_argument("--dashboard-address", metavar="HOST:PORT",
+                   help="where the LocalCluster's dashboard listens (default 127.0.0.1:8787, this machine only; "
+                        "e.g. 0.0.0.0:8787 opens it to the network)")
     p.add_argument("--flow", action="store_true",
                    help="run as a run of the Prefect detect flow (recorded on PREFECT_API_URL, else a temporary local API)")
+    threshold_options(p)
+    p.add_argument("--normalise", action="store_true",
+                   help="write scores.tif min-max scaled to 0-1 (monotone: same ranking and AUC; scores.zarr keeps raw scores)")
     common_source(p)
     p.set_defaults(run=_detect)
+
+    p = sub.add_parser("detections", help="threshold an existing run's score map at a PFA: detections/ (no rescoring)")
+    p.add_argument("run_dir", help="run folder of hsad detect")
+    threshold_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace the run's existing detections/")
+    p.set_defaults(run=_detections)
 
     p = sub.add_parser("evaluate", help="ROC figures of a score map against ground truth")
     p.add_argument("scores", help="score map: scores.zarr, GeoTIFF or .npy")
@@ -333,16 +410,57 @@ def main(argv: list[str] | None = None) -> int:
     return execute(build_parser().parse_args(argv))
 
 
-def execute(args: argparse.Namespace) -> int:
-    """Run parsed command line ``args``; return the exit status."""
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: raised in the main thread, so that every ``with`` block
+    unwinds (the cluster stops, temporary outputs are removed) before the command exits
+    with 128 + the signal's number (130, 143)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, frame) -> None:
+    import logging
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the clean-up runs once, uninterrupted
+        signal.signal(sig, signal.SIG_IGN)
+    # what the stopped cluster and its client log while they close (pending gathers cancelled,
+    # "Task exception was never retrieved") is no news: the command says it was interrupted
+    for name in ("asyncio", "distributed", "tornado"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGINT and SIGTERM raise :class:`Interrupted` in the block (main thread only; the
+    previous handlers come back after it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        args.run(args)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def execute(args: argparse.Namespace) -> int:
+    """Run parsed command line ``args``; return the exit status: 0, 2 bad input, 1 internal
+    error, 130/143 interrupted by SIGINT/SIGTERM (temporary outputs removed)."""
+    try:
+        with _signals_interrupt():
+            args.run(args)
     except InputError as exc:
         print(f"hsad: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("hsad: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"hsad: interrupted by {signal.Signals(signum).name}: stopped, temporary output removed",
+              file=sys.stderr)
+        return 128 + signum
     except Exception as exc:  # an internal error: one line, traceback on --debug
         if args.debug:
             raise
@@ -355,7 +473,7 @@ def execute(args: argparse.Namespace) -> int:
 #: whose exit handlers send its last logs and events, and every output already renamed into
 #: place and closed): the teardown of a process that loaded PyTorch, xarray and Dask takes
 #: 1-1.5 s on 2 vCPUs, 10 % of an AE run on a 1024 x 1024 scene.
-FAST_EXIT_COMMANDS = (_ingest, _inspect, _detect, _evaluate, _synth)
+FAST_EXIT_COMMANDS = (_ingest, _inspect, _detect, _evaluate, _synth, _detections)
 
 
 def run() -> None:
@@ -365,6 +483,10 @@ def run() -> None:
     if getattr(args, "run", None) in FAST_EXIT_COMMANDS and not getattr(args, "flow", False):
         sys.stdout.flush()
         sys.stderr.flush()
+        if "hsad_scale.cluster" in sys.modules:
+            from hsad_scale.cluster import remove_multiprocessing_tempdir
+
+            remove_multiprocessing_tempdir()  # no exit handlers run after os._exit
         os._exit(status)
     sys.exit(status)
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
+import warnings
 
 from hsad_scale.errors import InputError
 
@@ -55,7 +58,8 @@ def start_worker_server(modules: tuple[str, ...] = WORKER_MODULES) -> bool:
     before = {name: os.environ.get(name) for name in WORKER_ENV}
     os.environ.update({name: str(value) for name, value in WORKER_ENV.items()})
     try:
-        multiprocessing.get_context("forkserver").set_forkserver_preload(list(modules))
+        # workers ignore SIGINT (a terminal's Ctrl-C): the command stops them (hsad_scale.worker_signals)
+        multiprocessing.get_context("forkserver").set_forkserver_preload(["hsad_scale.worker_signals", *modules])
         forkserver.ensure_running()
     except OSError:  # no socket for the server here (e.g. a read-only temporary folder): spawn workers
         return False
@@ -68,6 +72,42 @@ def start_worker_server(modules: tuple[str, ...] = WORKER_MODULES) -> bool:
     return True
 
 
+LOOPBACK = "127.0.0.1"
+#: Where a LocalCluster's dashboard listens by default: this machine only.
+DASHBOARD_ADDRESS = f"{LOOPBACK}:8787"
+
+
+def free_dashboard_address(address: str | None = None) -> str:
+    """``address`` (default :data:`DASHBOARD_ADDRESS`; a bare ``:PORT`` means loopback), or
+    the same host on a free port when that port is taken (instead of distributed's warning)."""
+    import socket
+
+    host, _, port = (address or DASHBOARD_ADDRESS).rpartition(":")
+    host = host or LOOPBACK
+    if port in ("", "0"):
+        return f"{host}:0"
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as sock:
+            sock.bind((host.strip("[]"), int(port)))
+    except OSError:
+        return f"{host}:0"
+    return f"{host}:{port}"
+
+
+def remove_multiprocessing_tempdir() -> None:
+    """Remove multiprocessing's ``pymp-*`` folder of this process (it holds the forkserver's
+    socket), which its exit handler would remove: for processes that end with ``os._exit``."""
+    import sys
+
+    if "multiprocessing" not in sys.modules:
+        return
+    import multiprocessing
+
+    tempdir = multiprocessing.current_process()._config.get("tempdir")
+    if tempdir:
+        shutil.rmtree(tempdir, ignore_errors=True)
+
+
 def local_cluster_wanted(address: str | None) -> bool:
     """Whether :func:`dask_client` will start a LocalCluster for ``address``."""
     return not (address or os.environ.get(ADDRESS_ENV))
@@ -75,10 +115,13 @@ def local_cluster_wanted(address: str | None) -> bool:
 
 @contextlib.contextmanager
 def dask_client(address: str | None = None, n_workers: int | None = None, threads_per_worker: int = 1,
-                dashboard_address: str = ":8787"):
+                dashboard_address: str | None = None):
     """Yield a ``distributed.Client``: to ``address`` (or ``$HSAD_DASK_ADDRESS``) when given,
     else to a new LocalCluster with one single-threaded worker process per core, forked from
-    :func:`start_worker_server`'s process where there is one."""
+    :func:`start_worker_server`'s process where there is one. The LocalCluster's scheduler,
+    workers and nannies listen on 127.0.0.1 only, and so does its dashboard unless
+    ``dashboard_address`` (``HOST:PORT``, e.g. ``0.0.0.0:8787``) opens it; by default
+    (:data:`DASHBOARD_ADDRESS`) on port 8787, or a free port when 8787 is taken."""
     from distributed import Client, LocalCluster
 
     if not local_cluster_wanted(address):
@@ -98,14 +141,20 @@ def dask_client(address: str | None = None, n_workers: int | None = None, thread
         config["distributed.worker.multiprocessing-method"] = "forkserver"
     # workers log a failed task ("Compute Failed", with its traceback) at ERROR: the error
     # itself reaches this process (bad input as InputError: one line), so workers stay quiet
-    with dask.config.set(config):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                               dashboard_address=dashboard_address, silence_logs=logging.CRITICAL)
-    with cluster, Client(cluster) as client:
-        try:
-            yield client
-        finally:
-            quiet_worker_logs(client)
+    scratch = tempfile.mkdtemp(prefix="hsad-dask-")  # the workers' folders, removed with the cluster
+    try:
+        with dask.config.set({**config, "temporary-directory": scratch}), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Port .* is already in use")  # the link says where it is
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                                   host=LOOPBACK, dashboard_address=free_dashboard_address(dashboard_address),
+                                   silence_logs=logging.CRITICAL, local_directory=scratch)
+        with cluster, Client(cluster) as client:
+            try:
+                yield client
+            finally:
+                quiet_worker_logs(client)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _silence_worker_logs() -> None:

@@ -381,6 +381,28 @@ def write_cube(ds: xr.Dataset, dest: str | Path, *, compression: str = "none", o
     return Path(dest)
 
 
+def store_bands(ds: xr.Dataset, *, drop_bands: str | None = None, band_axis=None, swath: bool = False,
+                **_other) -> xr.Dataset:
+    """A cube store's Dataset without the bands ``drop_bands`` names (indices of the store's
+    bands, or nm ranges), recorded in the attrs; InputError for the options that only apply to
+    scene files (``band_axis``, ``swath``) or when fewer than 2 bands would remain."""
+    if band_axis is not None or swath:
+        raise InputError("--band-axis and --swath apply to scene files; the source is already a cube store")
+    if not drop_bands:
+        return ds
+    wavelength = ds["wavelength"].values if "wavelength" in ds.coords else None
+    drop = parse_drop_bands(drop_bands, ds.sizes["band"], wavelength)
+    kept = [b for b in range(ds.sizes["band"]) if b not in drop]
+    if len(kept) < 2:
+        raise InputError(f"--drop-bands {drop_bands} leaves {len(kept)} band(s); a cube needs at least 2")
+    out = ds.isel(band=kept)
+    attrs = dict(ds[CUBE].attrs)
+    attrs["hsad_warnings"] = list(attrs.get("hsad_warnings", [])) + [
+        f"--drop-bands: store bands {index_ranges(drop)} left out"]
+    out[CUBE].attrs = attrs
+    return out
+
+
 def ingest_record(ds: xr.Dataset) -> dict:
     """What ingest decided about a cube store, for ``run.json``: ``{"ingest": {source_bands,
     dropped_bands, dropped_band_reasons, warnings}}`` (empty for a store without them)."""

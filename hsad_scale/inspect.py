@@ -49,9 +49,9 @@ def describe(src, *, gt=None, cube_key=None, gt_key=None, band_axis=None, drop_b
     lines.append(f"nodata      {attrs.get('nodata', 'none')} (NaN/Inf always invalid)")
     if cubes.GROUND_TRUTH in ds:
         truth = ds[cubes.GROUND_TRUTH].values
-        lines.append(f"ground truth {height} x {width}, {int(np.count_nonzero(truth))} anomaly pixels"
+        lines.append(f"truth       {height} x {width}, {int(np.count_nonzero(truth))} anomaly pixels"
                      + (f" ({attrs['gt_key']})" if attrs.get("gt_key") else ""))
     else:
-        lines.append("ground truth none")
+        lines.append("truth       none")
     lines += [f"warning     {line}" for line in attrs.get("hsad_warnings", [])]
     return "\n".join(lines)

@@ -1,7 +1,8 @@
-"""Writing results: score stores, GeoTIFFs, metrics, run metadata."""
+"""Writing results: score stores, Cloud Optimized GeoTIFFs, metrics, run metadata."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib.metadata
 import json
@@ -13,7 +14,8 @@ import xarray as xr
 
 from hsad_scale.stats import _jsonable
 
-LIBRARIES = ("hsad-scale", "numpy", "scipy", "dask", "distributed", "xarray", "zarr", "rioxarray", "torch", "prefect")
+LIBRARIES = ("hsad-scale", "numpy", "scipy", "dask", "distributed", "xarray", "zarr", "rioxarray", "torch", "prefect",
+             "geopandas", "shapely")
 
 
 def write_scores(scores: xr.Dataset, path: Path, client=None) -> None:
@@ -40,21 +42,67 @@ def show_progress(future) -> None:
         print(file=sys.stderr)
 
 
-def write_geotiff(score: xr.DataArray, path: Path, rows_per_strip: int = 512) -> None:
-    """Write a georeferenced ``(y, x)`` float32 map to a tiled, deflate-compressed GeoTIFF,
-    reading ``rows_per_strip`` rows at a time (bounded memory)."""
-    import rasterio
+#: GDAL creation options of the Cloud Optimized GeoTIFFs (COG driver): 256-pixel tiles,
+#: deflate, internal overviews down to one tile, BigTIFF when needed.
+COG_OPTIONS = dict(driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=256, BIGTIFF="IF_SAFER")
 
+
+@contextlib.contextmanager
+def cog_writer(path: Path, height: int, width: int, dtype: str, *, crs=None, transform=None, nodata=None,
+               description: str = "", resampling: str = "AVERAGE", tags: dict | None = None):
+    """Yield ``write(first row, strip (rows, width))``; on exit, the strips (written to a
+    tiled GeoTIFF sibling, bounded memory) become the Cloud Optimized GeoTIFF ``path`` through
+    GDAL's COG driver, with internal overviews (``resampling``: AVERAGE for scores, NEAREST
+    for labels), band description, ``nodata`` and ``tags``. No ``crs``: the pixel grid (x =
+    column, y = row)."""
+    import warnings
+
+    import rasterio
+    import rasterio.shutil
+    from rasterio.errors import NotGeoreferencedWarning
+
+    path = Path(path)
+    strips = path.with_name(f".{path.name}.strips.tif")
+    profile = dict(driver="GTiff", height=height, width=width, count=1, dtype=dtype, crs=crs, nodata=nodata,
+                   tiled=True, blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
+    if crs is not None:
+        profile["transform"] = transform
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(strips, "w", **profile) as dst:
+                def write(r0: int, strip: np.ndarray) -> None:
+                    dst.write(np.asarray(strip, dtype=dtype), 1,
+                              window=rasterio.windows.Window(0, r0, width, strip.shape[0]))
+
+                yield write
+                dst.set_band_description(1, description)
+                dst.update_tags(**(tags or {}))
+            predictor = "YES" if np.dtype(dtype).kind == "f" else "NO"
+            rasterio.shutil.copy(strips, path, **COG_OPTIONS, PREDICTOR=predictor, OVERVIEW_RESAMPLING=resampling)
+    finally:
+        strips.unlink(missing_ok=True)
+
+
+def write_score_cog(score: xr.DataArray, path: Path, rows_per_strip: int = 512, normalise: tuple | None = None) -> None:
+    """``score`` ``(y, x)`` as a float32 Cloud Optimized GeoTIFF (:func:`cog_writer`; NaN =
+    nodata), read ``rows_per_strip`` rows at a time. ``normalise = (lo, hi)``: written as
+    ``(score - lo) / (hi - lo)`` (monotone: the ranking, hence the AUC, is unchanged)."""
+    crs = score.rio.crs
     height, width = score.shape
-    profile = dict(driver="GTiff", height=height, width=width, count=1, dtype="float32",
-                   crs=score.rio.crs, transform=score.rio.transform(), nodata=np.nan,
-                   tiled=True, blockxsize=256, blockysize=256, compress="deflate", predictor=3, BIGTIFF="IF_SAFER")
-    with rasterio.open(path, "w", **profile) as dst:
+    name = score.attrs.get("long_name", "anomaly score")
+    description = f"{name}, normalised to 0-1 (min-max)" if normalise else name
+    tags = {"long_name": name}
+    if normalise:
+        tags.update(normalised="min-max", score_min=repr(normalise[0]), score_max=repr(normalise[1]))
+    with cog_writer(path, height, width, "float32", crs=crs, transform=score.rio.transform() if crs else None,
+                    nodata=np.nan, description=description, tags=tags) as write:
         for r0 in range(0, height, rows_per_strip):
-            r1 = min(height, r0 + rows_per_strip)
-            strip = np.asarray(score[r0:r1].values, dtype=np.float32)
-            dst.write(strip, 1, window=rasterio.windows.Window(0, r0, width, r1 - r0))
-        dst.update_tags(1, long_name=score.attrs.get("long_name", "anomaly score"))
+            strip = np.asarray(score[r0 : r0 + rows_per_strip].values, dtype=np.float64)
+            if normalise:
+                lo, hi = normalise
+                strip = (strip - lo) / (hi - lo) if hi > lo else np.where(np.isfinite(strip), 0.0, np.nan)
+            write(r0, strip.astype(np.float32))
 
 
 def versions() -> dict:

@@ -22,6 +22,7 @@ import matplotlib
 
 if "ipykernel" not in sys.modules:  # file output by default; a notebook keeps its inline backend
     matplotlib.use("Agg")
+import matplotlib.lines  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -32,6 +33,7 @@ RGB_NM = (640.0, 550.0, 460.0)
 #: (typical of AVIRIS/HYDICE scenes): only used to guess RGB band indices.
 ASSUMED_RANGE_NM = (400.0, 2500.0)
 TRUTH_COLOUR = "cyan"
+DETECTION_COLOUR = "#7fff00"
 ANOMALY_COLOUR = "#d62728"
 MAP_CMAP = "magma"
 
@@ -78,6 +80,30 @@ def _as_array(values, dtype=np.float32) -> np.ndarray:
 
 def _truth_of(truth) -> np.ndarray | None:
     return None if truth is None else _as_array(truth, None) > 0
+
+
+def panel_aspect(ny: int, nx: int, limit: float = 8.0) -> float:
+    """Height / width of a map's panel: the map's own, within [1 / ``limit``, ``limit``] (a
+    1 x 8000 scan line would otherwise make a figure 30,000 inches tall or 0.0005 high)."""
+    return min(max(ny / nx, 1 / limit), limit)
+
+
+def outline_truth(ax, mask: np.ndarray, linewidth: float, extent=None) -> None:
+    """Ground-truth outlines over an image: contours of ``mask`` ``(y, x)``, or, for a map one
+    pixel high or wide (a scan line) where no contour exists, a hollow square on each pixel.
+    ``extent``: the image's ``(left, right, bottom, top)`` in axis units (default: pixels)."""
+    if min(mask.shape) >= 2:
+        if extent is None:
+            ax.contour(mask, levels=[0.5], colors=TRUTH_COLOUR, linewidths=linewidth)
+        else:
+            ax.contour(mask, levels=[0.5], colors=TRUTH_COLOUR, linewidths=linewidth, extent=extent, origin="upper")
+        return
+    ys, xs = np.nonzero(mask)
+    if extent is not None:  # pixel centres in the image's axis units
+        left, right, bottom, top = extent
+        xs = left + (xs + 0.5) * (right - left) / mask.shape[1]
+        ys = top + (ys + 0.5) * (bottom - top) / mask.shape[0]
+    ax.scatter(xs, ys, marker="s", s=16, facecolors="none", edgecolors=TRUTH_COLOUR, linewidths=linewidth)
 
 
 def save(fig: plt.Figure, path) -> None:
@@ -196,12 +222,16 @@ def normalise_map(image: np.ndarray, how: str | None, percentiles: tuple | None 
 def plot_maps(maps: dict, truth: np.ndarray | None = None, shared_scale: bool = True,
               title: str | None = None, *, normalise: str | None = None, ncols: int | None = None,
               cmap: str = MAP_CMAP, label: str | None = None, panel_size: float = 3.8,
-              percentiles: tuple | None = (0.5, 99.5)) -> plt.Figure:
+              percentiles: tuple | None = (0.5, 99.5), grid=None, outlines=None,
+              outline_label: str | None = None) -> plt.Figure:
     """Score maps side by side (``ncols`` per row), ground-truth outlines drawn over them when
     given. ``shared_scale``: one colour scale (the ``percentiles`` of all maps; None: their
     full range) and one colour bar; else one per map. ``normalise`` rescales each map to
     [0, 1] first (``"minmax"``: between its own ``percentiles``; ``"rank"``), so that maps of
-    different detectors share one scale (the study's comparison figures)."""
+    different detectors share one scale (the study's comparison figures). ``grid`` (a
+    :class:`~hsad_scale.detections.MapGrid`): axes in its map coordinates when it has a CRS;
+    ``outlines``: polygons (shapely, in the grid's coordinates: pixel corners when there is no
+    grid) drawn over each map, named ``outline_label`` in the legend."""
     shown = {k: normalise_map(_as_array(thin(v)), normalise, percentiles) for k, v in maps.items()}
     first = next(iter(maps.values()))
     step = _step(first.shape, MAX_PIXELS_SHOWN)
@@ -212,20 +242,43 @@ def plot_maps(maps: dict, truth: np.ndarray | None = None, shared_scale: bool = 
     ncols = min(n, ncols or n)
     nrows = -(-n // ncols)
     ny, nx = next(iter(shown.values())).shape
-    aspect = ny / nx
+    aspect = panel_aspect(ny, nx)
+    image_aspect = "equal" if aspect == ny / nx else "auto"  # a scan line is stretched into a visible strip
     width = panel_size * ncols + (0.9 if shared_scale else 0.9 * ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(width, panel_size * aspect * nrows + 0.9 + (0.4 if title else 0)),
                              squeeze=False, layout="constrained")
     cbar_label = label or {"minmax": "normalised score", "rank": "score rank"}.get(normalise, "score")
     im = None
+    full_ny, full_nx = first.shape[-2:]
+    georeferenced = grid is not None and grid.crs is not None
+    if georeferenced:
+        t = grid.transform
+        extent = (t.c, t.c + full_nx * t.a, t.f + full_ny * t.e, t.f)
+    else:
+        extent = (0, full_nx, full_ny, 0)
     for ax, (name, image) in zip(axes.ravel(), shown.items()):
         vmin, vmax = (lo, hi) if shared_scale or normalise else _percentiles(image, percentiles)
-        im = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        im = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", extent=extent,
+                       aspect=image_aspect)
+        handles = []
         if mask is not None and mask.any():
-            ax.contour(mask, levels=[0.5], colors=TRUTH_COLOUR, linewidths=1.0)
+            outline_truth(ax, mask, 1.0, extent)
+            handles.append(matplotlib.lines.Line2D([], [], color=TRUTH_COLOUR, lw=1.0, label="ground truth"))
+        if outlines:
+            _draw_outlines(ax, outlines)
+            handles.append(matplotlib.lines.Line2D([], [], color=DETECTION_COLOUR, lw=1.0,
+                                                   label=outline_label or "detections"))
+        if handles:
+            ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.8)
         ax.set_title(name, fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        if georeferenced:
+            units = grid.crs.linear_units if grid.crs.is_projected else "degrees"
+            ax.set_xlabel(f"x ({units}; {grid.crs.to_string()})", fontsize=8)
+            ax.set_ylabel(f"y ({units})", fontsize=8)
+            ax.tick_params(labelsize=7)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
         if not shared_scale:
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=cbar_label)
     for ax in axes.ravel()[n:]:
@@ -234,6 +287,67 @@ def plot_maps(maps: dict, truth: np.ndarray | None = None, shared_scale: bool = 
         fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.046 if n == 1 else 0.03, pad=0.02, label=cbar_label)
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def _draw_outlines(ax, polygons) -> None:
+    """Exterior and interior rings of shapely (multi)polygons as one line collection."""
+    from matplotlib.collections import LineCollection
+
+    rings = []
+    for geom in polygons:
+        for part in getattr(geom, "geoms", [geom]):
+            rings.append(np.asarray(part.exterior.coords))
+            rings.extend(np.asarray(r.coords) for r in part.interiors)
+    ax.add_collection(LineCollection(rings, colors=DETECTION_COLOUR, linewidths=0.9))
+
+
+def plot_objects(evaluation: dict, title: str = "Objects") -> plt.Figure:
+    """Object-level curve of :func:`hsad_scale.detections.object_evaluation`: targets detected
+    (fraction of ground-truth objects, left) and false-alarm objects (right, log scale) against
+    the PFA of the empirical threshold; the chosen PFA marked."""
+    sweep, chosen = evaluation["sweep"], evaluation["at_pfa"]
+    pfa = np.array([r["pfa"] for r in sweep])
+    rate = np.array([r["detection_rate"] if r["detection_rate"] is not None else np.nan for r in sweep])
+    false_alarms = np.array([r["false_alarm_objects"] for r in sweep], dtype=float)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    ax.plot(pfa, rate, "o-", color="C0", label="targets detected (fraction)")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("probability of false alarm (fraction of pixels flagged)")
+    ax.set_ylabel(f"targets detected (of {chosen['targets']})", color="C0")
+    right = ax.twinx()
+    right.plot(pfa, false_alarms, "s--", color="C3", label="false-alarm objects")
+    right.set_yscale("symlog", linthresh=1)
+    right.set_ylim(bottom=0)
+    right.set_ylabel("false-alarm objects", color="C3")
+    ax.axvline(chosen["pfa"], color="grey", lw=0.8, ls=":")
+    ax.annotate(f"PFA {chosen['pfa']:g}: {chosen['targets_detected']}/{chosen['targets']} targets, "
+                f"{chosen['false_alarm_objects']} false alarms", (chosen["pfa"], 0.02), fontsize=7, rotation=90,
+                ha="right", va="bottom")
+    ax.grid(alpha=0.3, lw=0.5)
+    ax.set_title(title)
+    return fig
+
+
+def plot_detection_spectra(frame, top: int = 5, title: str | None = None) -> plt.Figure:
+    """Peak-pixel spectra of the ``top`` first detections of a detection GeoDataFrame
+    (:func:`hsad_scale.detections.run_detections`; wavelengths from ``frame.attrs``)."""
+    rows = frame[frame["spectrum"].notna()].iloc[:top] if "spectrum" in frame else frame.iloc[:0]
+    wavelength = frame.attrs.get("wavelength_nm")
+    fig, ax = plt.subplots(figsize=(10, 4.0), layout="constrained")
+    for i, (_, row) in enumerate(rows.iterrows()):
+        spectrum = np.asarray(row["spectrum"], dtype=np.float64)
+        x_axis = np.asarray(wavelength) if wavelength else np.arange(spectrum.size)
+        ax.plot(x_axis, spectrum, lw=1.1, color=plt.get_cmap("plasma")(0.05 + 0.8 * i / max(len(rows) - 1, 1)),
+                label=f"#{int(row['id'])} peak (y {int(row['peak_row'])}, x {int(row['peak_col'])}): "
+                      f"score {row['peak_score']:.4g}, {int(row['pixels'])} px")
+    ax.set_xlabel("wavelength (nm)" if wavelength else "band")
+    ax.set_ylabel("value")
+    ax.grid(alpha=0.3, lw=0.5)
+    if len(rows):
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title(title or f"peak spectra of the top {len(rows)} detections")
     return fig
 
 
@@ -391,12 +505,13 @@ def plot_rgb(cube, targets=RGB_NM, bands=None, truth=None, title: str | None = N
     if truth is True:
         truth = cube["ground_truth"] if hasattr(cube, "data_vars") and "ground_truth" in cube else None
     ny, nx = image.shape[:2]
-    fig, ax = plt.subplots(figsize=(panel_size, panel_size * ny / nx + 0.5), layout="constrained")
-    ax.imshow(image, interpolation="nearest")
+    aspect = panel_aspect(ny, nx)
+    fig, ax = plt.subplots(figsize=(panel_size, panel_size * aspect + 0.5), layout="constrained")
+    ax.imshow(image, interpolation="nearest", aspect="equal" if aspect == ny / nx else "auto")
     if truth is not None and truth is not False:
         mask = _thin_mask(_truth_of(truth), step)
         if mask.any():
-            ax.contour(mask, levels=[0.5], colors=TRUTH_COLOUR, linewidths=0.8)
+            outline_truth(ax, mask, 0.8)
     ax.set_xticks([])
     ax.set_yticks([])
     caption = _rgb_caption(rgb)

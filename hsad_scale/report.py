@@ -27,7 +27,12 @@ FIGURES = {
     "map.png": "Score map (ground-truth anomalies outlined)",
     "roc.png": "ROC curves, linear and log false-positive axes",
     "latent.png": "Latent space, ground-truth anomalies highlighted",
+    "objects.png": "Object level: targets detected and false-alarm objects against the PFA",
+    "spectra.png": "Peak spectra of the top detections",
 }
+#: Rows of the detection table shown in the report (the highest peaks).
+REPORT_DETECTIONS = 10
+DETECTION_COLUMNS = ("id", "pixels", "area_m2", "row", "col", "lon", "lat", "peak_score", "mean_score")
 METRIC_NAMES = {
     "auc": "AUC",
     "tpr_at_fpr_0.001": "TPR @ FPR 1e-3",
@@ -197,8 +202,14 @@ def _run_sections(run: dict, metrics: dict | None, folder: Path) -> list[tuple[s
                 ["run"] + [METRIC_NAMES.get(k, k) for k in run_keys],
                 [[f"run {i + 1}"] + [r.get(k) for k in run_keys] for i, r in enumerate(metrics["runs"])]) + "</details>"
         sections.append(("Metrics", content))
+    elif (run.get("skipped") or {}).get("metrics"):
+        sections.append(("Metrics", f"<p>No metrics: {html.escape(str(run['skipped']['metrics']))}.</p>"))
     else:
         sections.append(("Metrics", "<p>No ground truth: no metrics.</p>"))
+    if run.get("skipped"):
+        sections.append(("Skipped", "<p>This run finished, but these side products could not be made:</p>"
+                         + _key_values(run["skipped"])))
+    sections.append(("Detections", _detections_section(run.get("detections"), folder / "detections")))
     sections.append(("Figures", _figures(folder)))
     settings = {"method": run.get("method"), "source": run.get("source"), "cube": run.get("cube"),
                 "shape": run.get("shape"), "chunks": run.get("chunks")}
@@ -233,6 +244,38 @@ def _run_sections(run: dict, metrics: dict | None, folder: Path) -> list[tuple[s
     if run.get("versions"):
         sections.append(("Library versions", _key_values(run["versions"])))
     return sections
+
+
+def _detections_section(record: dict | None, folder: Path) -> str:
+    """Thresholds (both rules, the one used first), object-level figures at the chosen PFA and
+    the top rows of ``detections/detections.csv``."""
+    if not record:
+        return ""
+    expected = record["expected_pixels"]
+    rows = [[record["rule"] + " (used)", record["threshold"], record["flagged_pixels"], expected]]
+    other = record.get("chi2") if record["rule"] == "empirical" else record.get("empirical")
+    if other:
+        rows.append(["chi2" if record["rule"] == "empirical" else "empirical", other["threshold"],
+                     other["flagged_pixels"], expected])
+    content = (f"<p>{record['objects']} detection(s) at PFA {record['pfa']:g} over {record['valid_pixels']} valid "
+               f"pixels (8-connected objects, ranked by peak score).</p>"
+               + _table(["threshold rule", "threshold", "pixels flagged", "PFA x N"], rows))
+    found = record.get("object_evaluation")
+    if found:
+        at = found["at_pfa"]
+        content += _table(["PFA", "targets detected", "targets", "detections", "false-alarm objects",
+                           "false alarms / km²"],
+                          [[at["pfa"], at["targets_detected"], at["targets"], at["objects"], at["false_alarm_objects"],
+                            at["false_alarms_per_km2"]]])
+    table = folder / "detections.csv"
+    if table.is_file():
+        header, body = _read_csv(table)
+        keep = [header.index(c) for c in DETECTION_COLUMNS if c in header]
+        content += _table([header[i] for i in keep], [[r[i] for i in keep] for r in body[:REPORT_DETECTIONS]],
+                          text_columns=())
+        if len(body) > REPORT_DETECTIONS:
+            content += f"<p>Top {REPORT_DETECTIONS} of {len(body)}: all in <code>detections/</code>.</p>"
+    return content
 
 
 def write_report(run_dir) -> Path:

@@ -245,7 +245,10 @@ def whitener(stats: BackgroundStats) -> Whitener:
     """Whitening of ``stats``' covariance, regularised only where it is singular or
     ill-conditioned (fewer pixels than features, constant or duplicated features)."""
     if stats.count < 2:
-        raise ValueError("background statistics need at least two valid pixels")
+        from hsad_scale.errors import InputError
+
+        raise InputError(f"the cube has {stats.count} valid pixel(s) (every other one is NaN or nodata in some band): "
+                         "background statistics need at least two")
     cov = stats.covariance
     eigval, eigvec = np.linalg.eigh(cov)
     top = max(float(eigval[-1]), np.finfo(float).tiny)

@@ -126,7 +126,9 @@ def test_accessor_gives_the_cli_numbers_on_a_real_scene(had_dir, manifest, tmp_p
     cli_rx = xr.open_zarr(rx_dir / "scores.zarr", consolidated=False)["score"].values
     np.testing.assert_allclose(rx.values, cli_rx, rtol=1e-6)
     cli_metrics = json.loads((rx_dir / "metrics.json").read_text())
+    cli_objects = cli_metrics.pop("objects")  # object-level figures: those of the run's detections
     assert ds.hsad.evaluate(rx) == pytest.approx(cli_metrics, rel=1e-9)
+    assert ds.hsad.detections(rx).attrs["detections"]["object_evaluation"] == cli_objects
     assert cli_metrics["auc"] == pytest.approx(float(row["rx_auc_numpy"]), abs=1e-3)
 
     ae = ds.hsad.detect("ae", preset="study-ae", max_train_pixels=2000, repeats=2, metrics=["mse", "resid-mahal"],

@@ -110,6 +110,17 @@ def test_envi_refusals(capfd, tmp_path, hydice, kind, kw, match):
     refused(capfd, tmp_path, path.with_suffix(".hdr"), match=match)  # the header given instead
 
 
+def test_complex_geotiff_and_mat_refused(capfd, tmp_path, hydice):
+    data, _ = hydice
+    z = (data[:, :, :8] + 1j * data[:, :, :8]).astype(np.complex64)
+    with rasterio.open(tmp_path / "c.tif", "w", driver="GTiff", width=COLS, height=ROWS, count=8,
+                       dtype="complex64") as dst:
+        dst.write(np.transpose(z, (2, 0, 1)))
+    refused(capfd, tmp_path, tmp_path / "c.tif", match="complex")
+    scipy.io.savemat(tmp_path / "c.mat", {"data": z})
+    refused(capfd, tmp_path, tmp_path / "c.mat", match="complex")
+
+
 @pytest.mark.parametrize("interleave", ["bsq", "bil", "bip"])
 def test_envi_every_interleave_is_the_source_pixels(tmp_path, hydice, interleave):
     data, _ = hydice
@@ -191,6 +202,7 @@ def test_too_few_bands_or_no_valid_pixel(capfd, tmp_path, hydice):
     (", ".join(str(i) for i in range(1, 163)), None),  # band numbers without units
     (", ".join(f"{w:.3f}" for w in WAVELENGTH_NM), "Unknown"),  # nm-like, units not stated
     (", ".join(f"{w / 1000:.6f}" for w in WAVELENGTH_NM), "Unknown"),  # µm-like: no guess
+    (", ".join(f"{w:.3f}" for w in WAVELENGTH_NM), "Micrometers"),  # nm values, wrong unit
 ])
 def test_wavelengths_with_unknown_units_are_not_wavelengths(capfd, tmp_path, hydice, wl_text, units):
     data, _ = hydice
@@ -213,7 +225,7 @@ def test_micrometre_units_become_nm(tmp_path, hydice):
     np.testing.assert_allclose(ds["wavelength"].values, WAVELENGTH_NM, rtol=1e-6)
 
 
-def test_rotated_map_info_keeps_the_full_affine(tmp_path, hydice):
+def test_rotated_map_info_keeps_the_full_affine(tmp_path, hydice, client):
     """AVIRIS-NG style ``map info`` with ``rotation=``: no 1-D x/y coordinate is a pixel centre,
     so x/y are pixel indices and the affine (rotation included) is kept whole."""
     data, _ = hydice
@@ -229,6 +241,12 @@ def test_rotated_map_info_keeps_the_full_affine(tmp_path, hydice):
     np.testing.assert_array_equal(ds.x.values, np.arange(COLS))
     np.testing.assert_array_equal(ds.y.values, np.arange(ROWS))
     assert_pixels(ds, data)
+    from hsad_scale.pipeline import run_detect  # the maps carry the same rotated affine
+
+    run = run_detect(tmp_path / "cube.zarr", tmp_path / "run", client=client, quiet=True)
+    with rasterio.open(run / "scores.tif") as tif:
+        np.testing.assert_allclose(tif.transform[:6], t[:6], rtol=1e-12)
+    np.testing.assert_allclose(xr_open(run / "scores.zarr").rio.transform()[:6], t[:6], rtol=1e-12)
 
 
 # --- .mat ------------------------------------------------------------------------------------
@@ -305,9 +323,13 @@ def test_truncated_or_corrupt_files_are_named(capfd, tmp_path, hydice):
         for name, size in zip(("y", "x", "bands"), data.shape):
             nc.createDimension(name, size)
         nc.createVariable("reflectance", "u2", ("y", "x", "bands"))[:] = data
+    with netCDF4.Dataset(tmp_path / "t3.nc", "w", format="NETCDF3_CLASSIC") as nc:  # raw: read as fill
+        for name, size in zip(("y", "x", "bands"), data.shape):
+            nc.createDimension(name, size)
+        nc.createVariable("reflectance", "i2", ("y", "x", "bands"))[:] = data.astype(np.int16)
     scipy.io.savemat(tmp_path / "t.mat", {"data": data, "map": gt})
     write_mat73(tmp_path / "t73.mat", {"data": data, "map": gt})
-    for name in ("t.tif", "t.nc", "t.mat", "t73.mat"):
+    for name in ("t.tif", "t.nc", "t3.nc", "t.mat", "t73.mat"):
         path = _truncate(tmp_path / name)
         line = refused(capfd, tmp_path, path)
         assert str(path) in line
@@ -514,3 +536,66 @@ def xr_open(path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # silently
         return xr.open_zarr(path)
+
+
+def test_terminal_stays_quiet(tmp_path, hydice):
+    """A header with upper-case keys (Spectral Python warns over several lines), band numbers
+    as wavelengths and a float64 source with values beyond float32: only ``[hsad]`` lines."""
+    import subprocess
+    import sys
+
+    data, _ = hydice
+    cube = data.astype(np.float64)
+    cube[0, 0, 0] = 1e300  # overflows float32: an invalid pixel, not a numpy warning
+    path = write_envi(tmp_path / "s.img", cube, dtype="<f8", data_type=5,
+                      wl="Wavelength Units = Unknown\nWavelength = {"
+                         + ", ".join(str(i) for i in range(1, 163)) + "}\n")
+    run = subprocess.run([sys.executable, "-m", "hsad_scale.cli", "ingest", str(path), str(tmp_path / "c.zarr")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    assert all(line.startswith("[hsad] ") for line in lines), lines
+    assert sum(line.startswith("[hsad] warning:") for line in lines) == 1
+    values = cubes.open_cube(tmp_path / "c.zarr")[cubes.CUBE].values
+    assert np.isnan(values[:, 0, 0]).all() and not np.isnan(values[:, 0, 1]).any()
+
+
+def test_enmap_l2a_geotiff_with_metadata_xml(tmp_path, hydice):
+    """EnMAP L2A: ``...-SPECTRAL_IMAGE.TIF`` (int16, nodata -32768) and ``...-METADATA.XML``
+    with per-band wavelength, gain and offset."""
+    data, _ = hydice
+    name = "ENMAP01-____L2A-DT0000001867_20220724T104526Z_008_V010302_20230628T165614Z"
+    cube = np.transpose(data, (2, 0, 1)).astype(np.int16)
+    cube[:, 0, 0] = -32768
+    with rasterio.open(tmp_path / f"{name}-SPECTRAL_IMAGE.TIF", "w", driver="GTiff", width=COLS, height=ROWS,
+                       count=162, dtype="int16", nodata=-32768, crs=CRS.from_epsg(32633),
+                       transform=Affine(30, 0, 368000, 0, -30, 5810000)) as dst:
+        dst.write(cube)
+    gain = np.full(162, 1e-4)
+    offset = np.linspace(0.0, 0.01, 162)
+    band_xml = "".join(
+        f'<bandID number="{b + 1}"><wavelengthCenterOfBand>{WAVELENGTH_NM[b]}</wavelengthCenterOfBand>'
+        f"<FWHMOfBand>8.0</FWHMOfBand><GainOfBand>{gain[b]}</GainOfBand><OffsetOfBand>{offset[b]}</OffsetOfBand></bandID>"
+        for b in range(162))
+    (tmp_path / f"{name}-METADATA.XML").write_text(
+        f'<?xml version="1.0" encoding="UTF-8"?><level_X><specific><bandCharacterisation>{band_xml}'
+        f"</bandCharacterisation></specific></level_X>")
+    ds = ingested(tmp_path, tmp_path / f"{name}-SPECTRAL_IMAGE.TIF")
+    np.testing.assert_allclose(ds["wavelength"].values, WAVELENGTH_NM)
+    expected = cube.astype(np.float32) * gain.astype(np.float32)[:, None, None] + offset.astype(np.float32)[:, None, None]
+    expected[:, 0, 0] = np.nan
+    np.testing.assert_allclose(ds[cubes.CUBE].values, expected, rtol=1e-6)
+    assert ds.rio.crs.to_epsg() == 32633
+
+
+def test_drop_bands_on_a_cube_store(tmp_path, hydice, client):
+    from hsad_scale.pipeline import run_detect
+
+    data, _ = hydice
+    store = tmp_path / "c.zarr"
+    assert hsad("ingest", write_envi(tmp_path / "s.img", data), store) == 0
+    run = run_detect(store, tmp_path / "run", client=client, quiet=True,
+                     ingest_options={"drop_bands": "0-9,1350-1450nm"})
+    record = json.loads((run / "run.json").read_text())
+    assert record["shape"]["band"] == 162 - 10 - 8
+    assert record["ingest"]["warnings"][-1].startswith("--drop-bands: store bands 0-9, ")

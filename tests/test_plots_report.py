@@ -166,7 +166,7 @@ def test_report_of_an_rx_run_holds_the_metrics_and_the_images(scene_path, tmp_pa
         assert f"{metrics[key]:.4f}" in html
     assert "<th>AUC</th>" in html and "TPR @ FPR 1e-2" in html
     images = _images(html)
-    assert len(images) == len(list(run.glob("*.png"))) == 2
+    assert len(images) == len(list(run.glob("*.png"))) == 4  # map, ROC, object-level curve, peak spectra
     assert all(i.startswith(PNG_MAGIC) for i in images)
     assert (run / "map.png").read_bytes() in images and (run / "roc.png").read_bytes() in images
     assert _offline(html)

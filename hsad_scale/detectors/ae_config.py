@@ -314,7 +314,9 @@ class BandScaling:
     def from_summary(cls, summary, mode: str) -> "BandScaling":
         """Scaling ``mode`` from a per-band :class:`hsad_scale.stats.BandSummary`."""
         _check(mode in SCALINGS, f"scaling mode must be one of {', '.join(SCALINGS)}; got {mode!r}")
-        _check(summary.count >= 2, "scaling needs at least two valid pixels")
+        if not summary.count >= 2:
+            raise InputError("the cube has fewer than two valid pixels (every other one is NaN or nodata in "
+                             "some band): band scaling needs at least two")
         if mode == "standardise":
             return cls(summary.mean, np.sqrt(np.maximum(summary.variance, 0.0)), "standardise")
         return cls.from_minmax(summary.minimum, summary.maximum, mode)
@@ -337,7 +339,9 @@ class BandScaling:
         """Scaling of ``pixels`` ``(n, B)`` (rows with NaN skipped)."""
         _check(mode in SCALINGS, f"scaling mode must be one of {', '.join(SCALINGS)}; got {mode!r}")
         x = pixels[np.isfinite(pixels).all(axis=1)]
-        _check(x.shape[0] >= 2, "scaling needs at least two valid pixels")
+        if not x.shape[0] >= 2:
+            raise InputError("the cube has fewer than two valid pixels (every other one is NaN or nodata in "
+                             "some band): band scaling needs at least two")
         if mode == "standardise":
             mean = x.mean(axis=0, dtype=np.float64)
             var = np.zeros_like(mean)

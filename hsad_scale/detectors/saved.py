@@ -85,10 +85,11 @@ def load_detector(path: str | Path, method: str | None = None, **kwargs) -> Dete
         return det
     try:
         return cls.load(folder, settings, **kwargs)
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, TypeError, ValueError, RuntimeError, EOFError) as exc:
         if isinstance(exc, InputError):
             raise
-        raise InputError(f"{folder} holds no readable {saved} model: {exc}") from None
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"the saved model {folder} cannot be loaded ({saved}): {text}") from None
 
 
 def _load_stats(path: Path, stats_type):

@@ -123,6 +123,8 @@ def _check_cube(source: SceneSource, path: Path) -> None:
     if len(shape) != 3 or shape[0] < 2:
         raise InputError(f"{path} holds a 2-D (single-band) image of shape {shape}, "
                          f"not a hyperspectral cube (band, y, x)")
+    if min(shape) == 0:
+        raise InputError(f"{path} holds an empty image: (band, y, x) = {tuple(shape)}")
 
 
 def _load_npy(path: Path) -> np.ndarray:

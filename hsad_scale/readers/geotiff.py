@@ -65,7 +65,7 @@ def wavelength_nm(values, units: str | None = None) -> np.ndarray | None:
     ``units`` (nm, µm, micrometers, mm, wavenumber cm-1, ...) decides the conversion. Any
     other stated unit (ENVI's default ``Unknown``, ``Index``, ...) gives None: band numbers
     written into a ``wavelength`` field are not wavelengths, and no magnitude rule tells them
-    apart. Without a unit, band numbers (consecutive integers) give None, values of 0.2-20
+    apart, and neither do converted values outside 100-25000 nm (a wrong unit). Without a unit, band numbers (consecutive integers) give None, values of 0.2-20
     are taken as µm and values of 200-20000 as nm; anything else gives None.
     """
     w = np.asarray(values, dtype=np.float64).ravel()
@@ -73,9 +73,9 @@ def wavelength_nm(values, units: str | None = None) -> np.ndarray | None:
         return None
     u = (units or "").strip().lower().replace("_", " ")
     if u in _TO_NM:
-        return w * _TO_NM[u]
+        return _plausible(w * _TO_NM[u])
     if u.startswith("wavenumber") or u in ("cm-1", "cm^-1", "1/cm"):
-        return 1e7 / w if np.all(w > 0) else None
+        return _plausible(1e7 / w) if np.all(w > 0) else None
     if u or _band_numbers(w):
         return None
     if w.min() >= 0.2 and w.max() <= 20:
@@ -83,6 +83,16 @@ def wavelength_nm(values, units: str | None = None) -> np.ndarray | None:
     if w.min() >= 200 and w.max() <= 20000:
         return w
     return None
+
+
+#: Wavelengths (nm) of imaging spectrometers, UV to thermal infrared: a converted value
+#: outside this range means the stated unit is wrong (nm written as µm, or the reverse).
+PLAUSIBLE_NM = (100.0, 25000.0)
+
+
+def _plausible(nm: np.ndarray) -> np.ndarray | None:
+    """``nm`` when every value is a plausible sensor wavelength, else None."""
+    return nm if nm.min() >= PLAUSIBLE_NM[0] and nm.max() <= PLAUSIBLE_NM[1] else None
 
 
 def wavelength_note(values, units: str | None, where: str) -> str:
@@ -109,6 +119,9 @@ def raster_source(path, fmt: str = "raster") -> SceneSource:
                 if src.count < 2:
                     raise InputError(f"{path} holds a 2-D (single-band) image, not a "
                                      f"hyperspectral cube (band, y, x)")
+                if np.dtype(src.dtypes[0]).kind == "c":
+                    raise InputError(f"{path} holds complex values ({src.dtypes[0]}): not reflectance "
+                                     f"or radiance (take the magnitude or real part first)")
                 crs = src.crs.to_wkt() if src.crs else None
                 transform = src.transform
                 nodata = typed_nodata(src.nodata, src.dtypes[0])
@@ -158,7 +171,56 @@ def read_geotiff(path) -> SceneSource:
     wavelengths in nm from per-band ``wavelength`` tags, GDAL's IMAGERY
     ``CENTRAL_WAVELENGTH_UM``, a dataset ``wavelength`` list tag, or numeric band descriptions.
     """
-    return raster_source(existing_file(path), "GeoTIFF")
+    p = existing_file(path)
+    source = raster_source(p, "GeoTIFF")
+    xml = enmap_metadata_file(p)
+    if xml is not None:
+        apply_enmap_metadata(source, xml)
+    return source
+
+
+def enmap_metadata_file(path: Path) -> Path | None:
+    """The EnMAP ``...-METADATA.XML`` next to a ``...-SPECTRAL_IMAGE.TIF``, or None."""
+    stem = path.stem
+    if "SPECTRAL_IMAGE" not in stem.upper():
+        return None
+    i = stem.upper().index("SPECTRAL_IMAGE")
+    for ext in (".XML", ".xml"):
+        candidate = path.with_name(stem[:i] + "METADATA" + ext)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def apply_enmap_metadata(source: SceneSource, xml_path: Path) -> None:
+    """Wavelengths (nm) and per-band gain/offset of an EnMAP product from its METADATA.XML
+    (``specific/bandCharacterisation/bandID``: ``wavelengthCenterOfBand``, ``GainOfBand``,
+    ``OffsetOfBand``; EnMAP L1B/L1C/L2A product specification): physical = DN x gain + offset.
+    InputError when the XML is unreadable or lists another number of bands."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (ET.ParseError, OSError) as e:
+        raise InputError(f"cannot read EnMAP metadata {xml_path}: {one_line(e)}") from e
+    bands = root.findall("specific/bandCharacterisation/bandID")
+    n = source.cube.shape[0]
+    if not bands:
+        return
+    if len(bands) != n:
+        raise InputError(f"EnMAP metadata {xml_path} describes {len(bands)} bands, the image has {n}")
+    try:
+        wl = np.array([float(b.findtext("wavelengthCenterOfBand")) for b in bands])
+        gain = np.array([float(b.findtext("GainOfBand", "1")) for b in bands])
+        offset = np.array([float(b.findtext("OffsetOfBand", "0")) for b in bands])
+    except (TypeError, ValueError) as e:
+        raise InputError(f"EnMAP metadata {xml_path}: band values are not numbers: {one_line(e)}") from e
+    source.wavelength = wavelength_nm(wl, "nm")
+    source.attrs["metadata"] = str(xml_path)
+    if source.band_scale is not None:
+        source.notes.append(f"{xml_path.name}: the GeoTIFF's own scale/offset used, not the XML gains")
+    elif np.any(gain != 1) or np.any(offset != 0):
+        source.band_scale, source.band_offset = gain, offset
 
 
 def typed_nodata(value, dtype):

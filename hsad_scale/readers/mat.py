@@ -166,6 +166,11 @@ def _open(path: Path) -> _MatFile:
         loaded = scipy.io.loadmat(str(path))
     except Exception as e:  # scipy raises MatReadError, ValueError, TypeError, ... on bad files
         raise InputError(f"cannot read MATLAB file {path}: {one_line(e)}") from e
+    complex_cubes = [k for k, v in loaded.items() if isinstance(v, np.ndarray) and v.dtype.kind == "c"
+                     and v.ndim == 3]
+    if complex_cubes:
+        raise InputError(f"'{complex_cubes[0]}' in {path} holds complex values: not reflectance or "
+                         f"radiance (take the magnitude or real part first)")
     arrays = {k: _dense(v) for k, v in loaded.items() if not k.startswith("__")}
     arrays = {k: v for k, v in arrays.items() if v is not None}
     return _MatFile(path, "5", {k: v.shape for k, v in arrays.items()}, arrays)

@@ -46,6 +46,7 @@ def read_netcdf(path, cube_key: str | None = None, gt_key: str | None = None, *,
     like ``gt`` (or ``gt_key``); CRS/transform only when the variable has a CF ``grid_mapping``.
     """
     p = existing_file(path)
+    check_classic_size(p)
     cube_key = cube_key or _only_hdf5_cube(p)
     group, key = _split_key(cube_key)
     ds = _open(p, group)
@@ -86,6 +87,29 @@ def read_netcdf(path, cube_key: str | None = None, gt_key: str | None = None, *,
     if prisma is not None and prisma["wavelength"].size == var.sizes[bdim]:
         _apply_prisma(source, prisma)
     return source
+
+
+def check_classic_size(path) -> None:
+    """InputError when a classic NetCDF file (CDF-1/CDF-2) is shorter than its header says:
+    the netCDF library reads the missing part as fill values, silently. The header is parsed
+    by scipy with the file memory-mapped (no data read): a variable's bytes beyond the end of
+    the file fail to map."""
+    import warnings
+
+    import scipy.io
+
+    with open(path, "rb") as f:
+        if f.read(4) not in (b"CDF\x01", b"CDF\x02"):
+            return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy warns when mapped arrays outlive the file
+            scipy.io.netcdf_file(path, "r", mmap=True).close()
+    except ValueError as e:
+        raise InputError(f"NetCDF file {path} is smaller than its header describes (truncated "
+                         f"download or copy?): {one_line(e, 120)}") from None
+    except (TypeError, OSError, IndexError):
+        return  # a header scipy does not parse: the netCDF library says what is wrong
 
 
 def _only_hdf5_cube(path) -> str | None:
@@ -304,12 +328,18 @@ def _cube_name(ds: xr.Dataset, key: str | None, path) -> str:
     if key is not None:
         if key not in ds.variables:
             raise InputError(f"variable '{key}' not found in {path}; variables: {_listing(ds)}")
+        if ds[key].dtype.kind not in "biuf":
+            raise InputError(f"'{key}' in {path} holds {ds[key].dtype} values, not real numbers")
         if ds[key].ndim != 3:
             raise InputError(f"'{key}' in {path} has dims {ds[key].dims}: a 2-D (single-band) "
                              f"image is not a cube" if ds[key].ndim == 2 else
                              f"'{key}' in {path} has dims {ds[key].dims}, expected 3")
         return key
     cubes = [k for k, v in ds.data_vars.items() if v.ndim == 3 and v.dtype.kind in "biuf"]
+    complex_cubes = [k for k, v in ds.data_vars.items() if v.ndim == 3 and v.dtype.kind == "c"]
+    if not cubes and complex_cubes:
+        raise InputError(f"'{complex_cubes[0]}' in {path} holds complex values: not reflectance or "
+                         f"radiance (take the magnitude or real part first)")
     if len(cubes) != 1:
         what = f"several 3-D variables ({', '.join(cubes)})" if cubes else "no 3-D data variable"
         raise InputError(f"{what} in {path}; pass cube_key (variables: {_listing(ds)})")
