@@ -29,6 +29,12 @@ def flow_run_record() -> dict:
             "api_url": PREFECT_API_URL.value() or "ephemeral"}
 
 
+#: What ``--flow`` says when no Prefect API is configured.
+TEMPORARY_NOTICE = ("[hsad] Prefect: no PREFECT_API_URL set, so this run is recorded by a temporary Prefect API "
+                    "that ends with the command (its run history is not kept). To keep it: run `hsad serve` "
+                    "(or `prefect server start`) and set PREFECT_API_URL=http://127.0.0.1:4200/api")
+
+
 class PrefectStart:
     """Prefect's API for a flow run from the command line, made ready while the rest loads
     and the Dask cluster starts: ``PREFECT_API_URL`` (environment, Prefect profile or settings)
@@ -62,7 +68,7 @@ class PrefectStart:
         self._log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self._port),
-             "--no-ui", "--no-scheduler", "--no-late-runs", "--analytics-off", "--log-level", "ERROR"],
+             "--no-ui", "--no-services", "--analytics-off", "--log-level", "ERROR"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log)
 
     def _run(self):
@@ -108,18 +114,30 @@ class PrefectStart:
             raise self.error
         return self.url
 
+    @property
+    def temporary(self) -> bool:
+        """Whether the API is this command's own temporary server (its run history ends with it)."""
+        return self.process is not None
+
     @contextlib.contextmanager
     def settings(self):
-        """Prefect settings pointing at the API for the block."""
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        """Prefect settings pointing at the API for the block. With a temporary API, one line
+        says so (no link to its UI: it would be dead once the command ends)."""
+        from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
         url = self.wait()
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        updates = {PREFECT_API_URL: url}
+        if self.temporary:
+            updates[PREFECT_UI_URL] = ""  # Prefect logs no "View at" link
+            print(TEMPORARY_NOTICE, file=sys.stderr, flush=True)
+        with temporary_settings(updates=updates):
             yield url
 
     def stop(self) -> None:
-        """Stop the temporary server, after Prefect sent it what it still holds (logs, events)."""
-        if self.process is not None and self.process.poll() is None:
+        """Stop the temporary server (its history goes with it: nothing to send), or send a
+        configured API what Prefect still holds (logs, events), so that the process may exit
+        without the interpreter's teardown."""
+        if not self.temporary:
             try:
                 from prefect.events.worker import EventsWorker
                 from prefect.logging.handlers import APILogWorker
@@ -156,6 +174,11 @@ def local_run(dask_address: str | None = None, start_cluster: bool = True, prefe
 
     prefect = prefect or start_prefect()
     address = dask_address or os.environ.get(cluster.ADDRESS_ENV)
+    # the in-process scheduler's INFO logs would reach Prefect's console handler (through the
+    # root logger); distributed sets its level when imported, so import it first
+    import distributed  # noqa: F401
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
     with contextlib.ExitStack() as stack:
         stack.callback(prefect.stop)
         ours = address is None and start_cluster

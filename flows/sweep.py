@@ -18,12 +18,14 @@ from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import flow_run_record
 from flows.detect import TASK_OPTIONS
 from hsad_scale import cluster, pipeline, sweep as sweeps
 from hsad_scale.atomic import atomic_path
+from hsad_scale.locations import absolute
 
 #: Prefect tasks waiting on trials at once (each only waits on its Dask task).
 MAX_CONCURRENT_TRIALS = 64
@@ -47,7 +49,9 @@ def check_cube(cube_path: Path) -> None:
 @task(name="trial", **TASK_OPTIONS)
 def trial(client, cube_path: Path, spec: sweeps.SweepSpec, setting: sweeps.Setting, repeat: int,
           device: str) -> dict:
-    return sweeps.run_trial_on(client, cube_path, spec, setting, repeat, device)
+    """One trial on the cluster; a trial that raises is a failed task run with its reason
+    (and a row with the error in the table)."""
+    return sweeps.submit_trial(client, cube_path, spec, setting, repeat, device).result()
 
 
 @task(name="write-results", task_run_name="write-results", **TASK_OPTIONS)
@@ -86,7 +90,11 @@ def _run_name() -> str:
 def sweep(cube: str, grid: str, out: str, repeats: int | None = None, criterion: str | None = None,
           device: str = "auto", dask_address: str | None = None, overwrite: bool = False) -> dict | None:
     """Every (setting, repeat) of the grid file ``grid`` on ``cube`` (a cube store with
-    ground truth, or a scene file), results into the folder ``out``; returns the best setting."""
+    ground truth, or a scene file), results into the folder ``out``; returns the best setting.
+    When trials fail, the results are still written (the error column holds each reason) and
+    the flow run ends Failed, its message counting the failed trials."""
+    # the trials run in other processes: absolute paths (URLs kept)
+    cube, grid, out = (str(absolute(p)) for p in (cube, grid, out))
     spec = load_grid(grid, repeats, criterion)
     with atomic_path(out, overwrite) as tmp:
         tmp.mkdir()
@@ -98,9 +106,26 @@ def sweep(cube: str, grid: str, out: str, repeats: int | None = None, criterion:
                 print(f"[hsad] Dask dashboard: {link}", file=sys.stderr)
             futures = [trial.with_options(task_run_name=f"trial-{spec.method}-{s.id}-r{r}")
                        .submit(client, cube_path, spec, s, r, device) for s, r in spec.trials()]
-            rows = [f.result() for f in futures]
+            rows = [_row(f, spec, s, r) for f, (s, r) in zip(futures, spec.trials())]
             extra = {"source": str(cube), "dask": cluster.describe(client), "prefect": flow_run_record()}
         best = write_results(tmp, spec, rows, extra)
     publish(out, spec, rows, best)
     print(f"[hsad] wrote {out}: {len(rows)} trials; {sweeps.describe_best(best)}", file=sys.stderr)
+    failed = sum(1 for r in rows if r.get("error"))
+    if failed:
+        return Failed(message=failed_message(failed, len(rows), out))
     return best
+
+
+def failed_message(failed: int, trials: int, out: str) -> str:
+    """The message of a sweep run with failed trials."""
+    first = "every trial" if failed == trials else f"{failed} of {trials} trials"
+    return f"{first} failed; results written to {out} (reasons in the error column of results.csv)"
+
+
+def _row(future, spec: sweeps.SweepSpec, setting: sweeps.Setting, repeat: int) -> dict:
+    """A trial's row: its result, or the failed row with the reason of its failed task run."""
+    outcome = future.result(raise_on_failure=False)
+    if isinstance(outcome, BaseException):
+        return sweeps.failed_row(spec, setting, repeat, outcome)
+    return outcome

@@ -28,6 +28,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.detect import TASK_OPTIONS, detect
 from hsad_scale import cluster, watch as watching
 from hsad_scale.errors import InputError
+from hsad_scale.locations import absolute
 
 
 @task(name="prepare-output", task_run_name="prepare-output", **TASK_OPTIONS)
@@ -60,9 +61,18 @@ def cleanup(acq: watching.Acquisition, local: Path | None) -> None:
     watching.cleanup(acq, local)
 
 
+class AcquisitionFailed(Exception):
+    """An acquisition that could not be processed (its ``record`` task run fails with this)."""
+
+
 @task(name="record", **TASK_OPTIONS)
 def record(out: str, entry: dict) -> dict:
-    return watching.record(out, entry)
+    """Write the outcome into the ledger; a failed acquisition makes this task run Failed,
+    with the acquisition and its reason as the message."""
+    watching.record(out, entry)
+    if entry["status"] == "failed":
+        raise AcquisitionFailed(f"acquisition {entry['acquisition']} failed: {entry['error']}")
+    return entry
 
 
 @task(name="publish-watch", task_run_name="publish-watch", **TASK_OPTIONS)
@@ -98,7 +108,8 @@ def _process(acq: watching.Acquisition, digest: str, out: str, address: str, det
         if local is not None:
             cleanup.with_options(task_run_name=f"cleanup-{acq.stem}")(acq, local)
     entry = watching.outcome(acq, digest, out, error, round(time.perf_counter() - start, 3))
-    return record.with_options(task_run_name=f"record-{acq.stem}")(out, entry)
+    record.with_options(task_run_name=f"record-{acq.stem}")(out, entry, return_state=True)
+    return entry
 
 
 def _run_name() -> str:
@@ -111,7 +122,9 @@ def _run_name() -> str:
 def watch(landing: str, out: str, method: str = "rx", preset: str | None = None, config: str | None = None,
           settings: list[str] | None = None, device: str = "auto", dask_address: str | None = None) -> list[dict]:
     """Run ``detect`` for every acquisition of ``landing`` not yet processed into ``out``;
-    returns one row per acquisition (status done, failed or skipped)."""
+    returns one row per acquisition (status done, failed or skipped; each failed one is also a
+    failed ``record-<name>`` task run with its reason)."""
+    landing, out = str(absolute(landing)), str(absolute(out))  # the detect runs see other working directories
     prepare_output(out)
     acquisitions = list_acquisitions(landing)
     hashes = [content_hash.with_options(task_run_name=f"hash-{a.stem}").submit(a, out) for a in acquisitions]

@@ -24,17 +24,17 @@ from hsad_scale.errors import InputError
 
 
 def check_destination(dest: str | Path, overwrite: bool) -> Path:
-    """Refuse an existing ``dest`` unless ``overwrite``, a missing parent folder, and a parent
-    folder this process cannot write in."""
+    """Refuse an existing ``dest`` unless ``overwrite``, a ``dest`` whose missing parent folders
+    cannot be made (a file in the way), and a folder this process cannot write in; missing
+    parent folders are made by :func:`atomic_path`."""
     dest = Path(dest)
     if dest.exists() and not overwrite:
         raise InputError(f"{dest} already exists (pass --overwrite to replace it)")
-    if not dest.parent.exists():
-        raise InputError(f"parent folder of {dest} does not exist")
-    if not dest.parent.is_dir():
-        raise InputError(f"{dest.parent} is not a folder")
-    if not os.access(dest.parent, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write in {dest.parent} (permission denied)")
+    parent = next((p for p in dest.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise InputError(f"cannot create {dest}: {parent} is not a folder")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write in {parent} (permission denied)")
     return dest
 
 
@@ -45,15 +45,27 @@ def atomic_path(dest: str | Path, overwrite: bool = False):
     removed. InputError when another run writes ``dest`` now (its lock is held), or when
     ``dest`` appeared meanwhile without ``overwrite``."""
     dest = check_destination(dest, overwrite)
-    with destination_lock(dest):
-        check_destination(dest, overwrite)  # again: a run that held the lock may just have finished
-        remove_stale_temporaries(dest)
-        tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            yield tmp
-            _replace(tmp, dest, overwrite)
-        finally:
-            _remove(tmp)
+    made = [p for p in reversed(dest.parents) if not p.exists()]  # missing parents, outermost first
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create {dest.parent}: {exc.strerror}") from None
+    done = False
+    try:
+        with destination_lock(dest):
+            check_destination(dest, overwrite)  # again: a run that held the lock may just have finished
+            remove_stale_temporaries(dest)
+            tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            try:
+                yield tmp
+                _replace(tmp, dest, overwrite)
+                done = True
+            finally:
+                _remove(tmp)
+    finally:
+        for folder in [] if done else reversed(made):  # nothing left behind by a failed run
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 @contextlib.contextmanager

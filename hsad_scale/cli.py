@@ -64,9 +64,9 @@ def _detect(args) -> None:
     from hsad_scale.detectors import LEARNED_METHODS
 
     _check_detect(args)  # bad input fails before anything starts; the method is now known (a saved model's)
-    if cluster.local_cluster_wanted(args.dask_address) and not getattr(args, "flow", False):
+    if cluster.local_cluster_wanted(args.dask_address):
         # the workers' modules (those of the method, the saved model's included) load in the
-        # background while this process imports its own
+        # background while this process imports its own (and while Prefect's API starts, with --flow)
         cluster.start_worker_server(cluster.LEARNED_WORKER_MODULES if args.method in LEARNED_METHODS
                                     else cluster.WORKER_MODULES)
     if getattr(args, "flow", False):
@@ -152,10 +152,15 @@ def _sweep(args) -> None:
     from flows.sweep import sweep
 
     with local_run(args.dask_address, prefect=prefect) as address:
-        best = sweep(cube=args.cube, grid=args.grid, out=args.out, repeats=args.repeats, criterion=args.criterion,
-                     device=args.device, dask_address=address, overwrite=args.overwrite)
-    if best is None:
-        raise RuntimeError(f"every trial failed (see the error column of {Path(args.out) / 'results.csv'})")
+        state = sweep(cube=args.cube, grid=args.grid, out=args.out, repeats=args.repeats, criterion=args.criterion,
+                      device=args.device, dask_address=address, overwrite=args.overwrite, return_state=True)
+    if not state.is_completed():  # failed trials (counted in the message), or the flow itself failed
+        from prefect.exceptions import FailedRun
+
+        error = state.result(raise_on_failure=False)
+        if isinstance(error, Exception) and not isinstance(error, FailedRun):
+            raise error  # the flow raised: bad input (exit 2) or an internal error
+        raise RuntimeError(state.message or f"the sweep flow run ended {state.type.value}")
 
 
 def _watch_options(args) -> dict:
@@ -174,6 +179,7 @@ def _watch(args) -> None:
     params = _watch_options(args)
     watching.landing_fs(args.landing)
     watching.prepare_output(args.out)
+    quiet_prefect_console()
     from flows import local_run, start_prefect
 
     prefect = start_prefect()
@@ -182,12 +188,21 @@ def _watch(args) -> None:
     with local_run(args.dask_address, start_cluster=False, prefect=prefect) as address:
         rows = watch(landing=args.landing, out=args.out, dask_address=address, **params)
     failed = [r for r in rows if r["status"] == "failed"]
-    if failed:
-        first = f"{failed[0]['acquisition']}: {failed[0]['error']}"
-        message = f"{len(failed)} of {len(rows)} acquisition(s) failed (recorded in {Path(args.out) / 'ledger.json'}); {first}"
+    if failed:  # each one has had its line ("[hsad] failed: ...")
+        names = ", ".join(r["acquisition"] for r in failed[:3]) + (", ..." if len(failed) > 3 else "")
+        message = (f"{len(failed)} of {len(rows)} acquisition(s) failed: {names} (details in "
+                   f"{Path(args.out) / 'ledger.json'} and the flow run's logs)")
         if all(r.get("error_kind") == "input" for r in failed):
             raise InputError(message)
         raise RuntimeError(message)
+
+
+def quiet_prefect_console() -> None:
+    """Prefect's console handler (flow and task run lines, task tracebacks, and every other
+    library's warnings through the root logger) shows only CRITICAL records: a watch prints
+    one line per failed acquisition, while the flow runs' logs still reach Prefect's API.
+    Set before Prefect is imported; ``PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL`` overrides it."""
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
 
 
 def _serve(args) -> None:
@@ -270,9 +285,22 @@ class HsadParser(argparse.ArgumentParser):
         self.exit(2, f"hsad: error: {message} (see {self.prog} --help)\n")
 
 
+def _version() -> str:
+    """The installed hsad-scale's version (the package's own when it is not installed)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("hsad-scale")
+    except importlib.metadata.PackageNotFoundError:
+        from hsad_scale import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = HsadParser(prog="hsad", description="Hyperspectral anomaly detection at scale (RX, AE, VAE) on chunked Zarr cubes.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    parser.add_argument("--version", action="version", version=f"hsad {_version()}")
     from hsad_scale.detectors import METHODS
 
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -469,18 +497,19 @@ def execute(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Commands whose process may end without the interpreter's teardown (no Prefect client,
-#: whose exit handlers send its last logs and events, and every output already renamed into
-#: place and closed): the teardown of a process that loaded PyTorch, xarray and Dask takes
-#: 1-1.5 s on 2 vCPUs, 10 % of an AE run on a 1024 x 1024 scene.
-FAST_EXIT_COMMANDS = (_ingest, _inspect, _detect, _evaluate, _synth, _detections)
+#: Commands whose process may end without the interpreter's teardown (every output already
+#: renamed into place and closed; with a flow, Prefect's last logs and events already sent to
+#: a configured API by flows.PrefectStart.stop, or its temporary API gone): the teardown of a
+#: process that loaded PyTorch, xarray and Dask takes 1-1.5 s on 2 vCPUs, 10 % of an AE run
+#: on a 1024 x 1024 scene.
+FAST_EXIT_COMMANDS = (_ingest, _inspect, _detect, _evaluate, _synth, _detections, _sweep, _watch)
 
 
 def run() -> None:
     """The ``hsad`` console script: :func:`main`, then exit."""
     args = build_parser().parse_args()
     status = execute(args)
-    if getattr(args, "run", None) in FAST_EXIT_COMMANDS and not getattr(args, "flow", False):
+    if getattr(args, "run", None) in FAST_EXIT_COMMANDS:
         sys.stdout.flush()
         sys.stderr.flush()
         if "hsad_scale.cluster" in sys.modules:

@@ -8,33 +8,42 @@ import os
 import shutil
 import tempfile
 import warnings
+from pathlib import Path
 
 from hsad_scale.errors import InputError
 
 ADDRESS_ENV = "HSAD_DASK_ADDRESS"
-#: Worker environment of the LocalCluster. Tiles of up to 96 MB (a 256 x 256 tile of 200 bands
-#: is 52 MB) come from the heap and are reused instead of being mapped and faulted in afresh
-#: for every task (measured: 25 % less time per tile for 128 x 128 x 200 tiles; RX on the
-#: 2048 x 2048 x 200 cube in 256-pixel tiles 9.3 -> 8.8 s with 96 instead of 32 MB); one malloc arena, because a task thread's own
-#: arena (64 MB heaps) maps such blocks afresh anyway (AE scoring: 90 -> 70 ms per tile);
-#: BLAS stays single-threaded per worker.
-WORKER_ENV = {
-    "MALLOC_ARENA_MAX": 1,
-    "MALLOC_MMAP_THRESHOLD_": 96 * 2**20,
-    "MALLOC_TRIM_THRESHOLD_": 256 * 2**20,
-    "OMP_NUM_THREADS": 1,
-    "MKL_NUM_THREADS": 1,
-    "OPENBLAS_NUM_THREADS": 1,
-}
+#: The one Dask configuration file of hsad clusters (worker tuning, task placement, preloads):
+#: read here for the LocalCluster; the deployment files (deploy/) use the same file.
+CONFIG_FILE = Path(__file__).with_name("config") / "dask.yaml"
 
-#: Every tile task reads its own tile, so the scheduler may hand all ready tasks to the workers
-#: at once instead of queueing them (``worker-saturation``): no round trip to the scheduler
-#: between tiles, and neighbouring tiles' reductions merge on the worker that made them
-#: (measured: RX passes 4.6 -> 3.4 s on the 2048 x 2048 x 200 benchmark cube, 2 vCPUs).
-LOCAL_CLUSTER_CONFIG = {
-    "distributed.nanny.pre-spawn-environ": WORKER_ENV,
-    "distributed.scheduler.worker-saturation": float("inf"),
-}
+
+def cluster_config() -> dict:
+    """:data:`CONFIG_FILE` as flat Dask settings (``{"distributed.scheduler.worker-saturation": inf, ...}``)."""
+    import yaml
+
+    data = yaml.safe_load(CONFIG_FILE.read_text())
+    flat = {}
+
+    def walk(prefix, node):
+        for key, value in node.items():
+            name = f"{prefix}.{key}" if prefix else key
+            if isinstance(value, dict) and name != "distributed.nanny.pre-spawn-environ":
+                walk(name, value)
+            else:
+                flat[name] = value
+
+    walk("", data)
+    return flat
+
+
+#: Worker environment (from :data:`CONFIG_FILE`): malloc tuning for reused tile buffers, BLAS
+#: single-threaded per worker process.
+WORKER_ENV = cluster_config()["distributed.nanny.pre-spawn-environ"]
+#: The LocalCluster's settings: :data:`CONFIG_FILE` less the workers' preloads (its workers
+#: fork from :func:`start_worker_server`'s process, which has imported them already; a
+#: preload would make every RX worker import PyTorch).
+LOCAL_CLUSTER_CONFIG = {k: v for k, v in cluster_config().items() if k != "distributed.worker.preload"}
 
 #: What every worker of a LocalCluster starts with: the modules its tile tasks import.
 WORKER_MODULES = ("distributed", "hsad_scale.tiles", "hsad_scale.cube")

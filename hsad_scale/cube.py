@@ -1,6 +1,9 @@
 """Scenes as chunked Zarr cubes: ``cube`` float32 ``(band, y, x)``, the whole band axis in
 one chunk, invalid pixels NaN; optional ``wavelength`` (nm, on ``band``), ``spatial_ref``
-(rioxarray's CRS/transform) and ``ground_truth`` uint8 ``(y, x)``."""
+(rioxarray's CRS/transform), ``ground_truth`` uint8 ``(y, x)`` and an EMIT GLT (``glt_x``,
+``glt_y``). The ``cube`` attributes record what ingest decided: ``dropped_bands`` /
+``dropped_band_reasons`` (source band indices), ``source_bands``, ``source_dtype``, ``nodata``,
+``scale_applied``/``offset_applied`` and ``hsad_warnings`` (the readers' decisions)."""
 
 from __future__ import annotations
 
@@ -16,9 +19,11 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 from affine import Affine
 
+from hsad_scale import progress
 from hsad_scale.atomic import atomic_path
 from hsad_scale.chunk_reader import zarr_dask_array
 from hsad_scale.errors import InputError
+from hsad_scale.locations import absolute
 from hsad_scale.readers import SceneSource
 
 CUBE = "cube"
@@ -62,7 +67,7 @@ def scene_dataset(source: SceneSource, chunk: int = DEFAULT_CHUNK, drop_bands: s
             ds = ds.rio.write_transform(source.transform)
     ds[CUBE].attrs.update(long_name="radiance or reflectance", **_scalar_attrs(source.attrs))
     ds[CUBE].attrs.update(survey.attrs(), source_dtype=str(source.cube.dtype))
-    if source.nodata is not None:
+    if source.nodata is not None and np.isfinite(source.nodata):
         ds[CUBE].attrs["nodata"] = source.nodata
     if source.notes:
         ds[CUBE].attrs["hsad_warnings"] = list(source.notes)
@@ -377,7 +382,8 @@ def write_cube(ds: xr.Dataset, dest: str | Path, *, compression: str = "none", o
             warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
             job = ds.to_zarr(tmp, encoding=encoding, compute=False, consolidated=True)
         # local threads: sources are files on this machine, and h5py/mat readers need no pickling
-        dask.compute(job, scheduler="threads")
+        with progress.local_tasks(f"writing {Path(dest).name}"):
+            dask.compute(job, scheduler="threads")
     return Path(dest)
 
 
@@ -433,8 +439,9 @@ def _compressors(name: str):
 
 
 def open_cube(path: str | Path) -> xr.Dataset:
-    """Open a cube store lazily (dask-backed); InputError when it is not one."""
-    path = Path(path)
+    """Open a cube store lazily (dask-backed); InputError when it is not one. The store's
+    path in the task graph is absolute (workers have other working directories)."""
+    path = absolute(path)
     if not path.exists():
         raise InputError(f"{path} does not exist")
     try:
@@ -461,7 +468,7 @@ def open_maps(path: str | Path, block_side: int = MAP_BLOCK_SIDE) -> xr.Dataset:
     """The ``(y, x)`` / ``(..., y, x)`` maps of a store (a score store, or a cube store's ground
     truth), dask-backed in blocks of about ``block_side`` pixels a side (whole store chunks):
     for passes over whole maps with memory set by the block, not the scene."""
-    ds = xr.open_zarr(path, consolidated=False, decode_coords="all", chunks=None)
+    ds = xr.open_zarr(absolute(path), consolidated=False, decode_coords="all", chunks=None)
     chunks = {}
     for var in ds.data_vars.values():
         for dim, chunk in zip(var.dims, var.encoding.get("chunks") or var.shape):

@@ -139,10 +139,11 @@ def kth_largest(high: np.ndarray, bins: np.ndarray, low: np.ndarray, k: int) -> 
 
 def chi2_threshold(pfa: float, bands: int) -> float:
     """Squared Mahalanobis distance exceeded with probability ``pfa`` under a Gaussian
-    background with ``bands`` degrees of freedom (``scipy.stats.chi2.isf``), as float32."""
-    from scipy.stats import chi2
+    background with ``bands`` degrees of freedom (``scipy.stats.chi2.isf``, computed by
+    ``scipy.special.chdtri``: the same function without importing ``scipy.stats``, 1-3 s), as float32."""
+    from scipy.special import chdtri
 
-    return float(np.float32(chi2.isf(pfa, bands)))
+    return float(np.float32(chdtri(bands, pfa)))
 
 
 # --------------------------------------------------------------------------------------
@@ -361,20 +362,46 @@ def thresholds(scores, pfas, chi2_pfa: float | None = None, bands: int | None = 
 
 
 def _objects_tile(scores, *rest):
-    truth, origin, threshold = (rest if len(rest) == 3 else (None, *rest))
-    return label_tile(np.asarray(scores) >= np.float32(threshold), scores, truth, origin)
+    """A tile's objects at ``threshold``; with ground truth, in the same task, its objects at
+    each of ``sweep`` (edges and truth contacts only) and its ground-truth objects (peak scores)."""
+    truth, origin, threshold, sweep = rest if len(rest) == 4 else (None, *rest, ())
+    scores = np.asarray(scores)
+    objects = label_tile(scores >= np.float32(threshold), scores, truth, origin)
+    if truth is None:
+        return objects, [], None
+    swept = [label_tile(scores >= np.float32(t), None, truth, origin) for t in sweep]
+    return objects, swept, label_tile(np.asarray(truth) > 0, scores, None, origin)
 
 
-def find_objects(scores, threshold: float, truth=None, tile: tuple[int, int] | None = None):
+def _sweep_counts(grids: list) -> list[dict]:
+    """Objects and false-alarm objects (holding no ground-truth pixel) of each tile grid."""
+    out = []
+    for tiles in grids:
+        component, n, _ = merge_ids(tiles)
+        touches = merge_stats(tiles, component, n)["touches_truth"]
+        out.append({"objects": n, "false_alarm_objects": int(n - touches.sum())})
+    return out
+
+
+def _truth_peaks(tiles) -> np.ndarray:
+    component, n, _ = merge_ids(tiles)
+    return merge_stats(tiles, component, n).get("peak_score", np.zeros(0))
+
+
+def find_objects(scores, threshold: float, truth=None, tile: tuple[int, int] | None = None, sweep=()):
     """Connected objects of ``scores >= threshold`` over the whole map (labelled per tile and
-    merged across tile borders). Returns ``(stats of the objects ranked by peak, label lookup
-    of each tile (grid of arrays: local label - 1 -> object id 1..n), map as dask array)``."""
+    merged across tile borders), in one pass over the tiles. Returns ``(stats of the objects
+    ranked by peak, label lookup of each tile (grid of arrays: local label - 1 -> object id
+    1..n), map as dask array, extra)``; with ``truth``, ``extra`` is ``(objects and
+    false-alarm objects at each of the ``sweep`` thresholds, peak score of each ground-truth
+    object)`` from the same pass (else None)."""
     data = _as_dask(scores, tile)
     arrays = [data] if truth is None else [data, _as_dask(truth).rechunk(data.chunks)]
-    grid = _per_tile(_objects_tile, arrays, "objects", float(threshold))
-    computed = dask.compute(*_flat(grid))
-    it = iter(computed)
-    grid = [[next(it) for _ in row] for row in grid]
+    extra = (float(threshold),) if truth is None else (float(threshold), list(map(float, sweep)))
+    grid = _per_tile(_objects_tile, arrays, "objects", *extra)
+    it = iter(dask.compute(*_flat(grid)))
+    cells = [[next(it) for _ in row] for row in grid]
+    grid = [[c[0] for c in row] for row in cells]
     component, n, offsets = merge_ids(grid)
     stats = merge_stats(grid, component, n)
     order = rank_by_peak(stats) if n else np.zeros(0, np.int64)
@@ -382,7 +409,10 @@ def find_objects(scores, threshold: float, truth=None, tile: tuple[int, int] | N
     object_id = np.empty(n, np.int64)
     object_id[order] = np.arange(1, n + 1)
     lookups = [[object_id[component[o : o + t.n]] for t, o in zip(row, offs)] for row, offs in zip(grid, offsets)]
-    return stats, lookups, data
+    if truth is None:
+        return stats, lookups, data, None
+    swept = _sweep_counts([[[c[1][k] for c in row] for row in cells] for k in range(len(sweep))])
+    return stats, lookups, data, (swept, _truth_peaks([[c[2] for c in row] for row in cells]))
 
 
 def _count_tile(scores, truth, origin, thresholds_):
@@ -396,15 +426,9 @@ def object_sweep(scores, truth, thresholds_: list[float], tile: tuple[int, int] 
     data = _as_dask(scores, tile)
     truth_d = _as_dask(truth).rechunk(data.chunks)
     grid = _per_tile(_count_tile, [data, truth_d], "object-sweep", list(map(float, thresholds_)))
-    computed = dask.compute(*_flat(grid))
-    out = []
-    for k in range(len(thresholds_)):
-        it = iter(computed)
-        tiles = [[next(it)[k] for _ in row] for row in grid]
-        component, n, _ = merge_ids(tiles)
-        touches = merge_stats(tiles, component, n)["touches_truth"]
-        out.append({"objects": n, "false_alarm_objects": int(n - touches.sum())})
-    return out
+    it = iter(dask.compute(*_flat(grid)))
+    cells = [[next(it) for _ in row] for row in grid]
+    return _sweep_counts([[[c[k] for c in row] for row in cells] for k in range(len(thresholds_))])
 
 
 def _truth_tile(scores, truth, origin):
@@ -416,11 +440,8 @@ def truth_objects(scores, truth, tile: tuple[int, int] | None = None) -> np.ndar
     has a score): the object is detected at any threshold at or below it."""
     data = _as_dask(scores, tile)
     grid = _per_tile(_truth_tile, [data, _as_dask(truth).rechunk(data.chunks)], "truth-objects")
-    computed = dask.compute(*_flat(grid))
-    it = iter(computed)
-    grid = [[next(it) for _ in row] for row in grid]
-    component, n, _ = merge_ids(grid)
-    return merge_stats(grid, component, n).get("peak_score", np.zeros(0))
+    it = iter(dask.compute(*_flat(grid)))
+    return _truth_peaks([[next(it) for _ in row] for row in grid])
 
 
 def _labels_tile(scores, threshold, lookup):
@@ -624,16 +645,20 @@ def write_vectors(frame, folder) -> list[str]:
 
 
 def object_evaluation(scores, truth, found: Thresholds, pfa: float, threshold: float, grid: MapGrid,
-                      tile: tuple[int, int] | None = None) -> dict:
+                      tile: tuple[int, int] | None = None, computed: tuple | None = None) -> dict:
     """Object-level figures against ground truth: a ground-truth object (8-connected) is
     detected when one of its pixels is in a detection (its peak score is at or above the
     threshold); a false-alarm object is a detection holding no ground-truth pixel. At
     ``threshold`` (the chosen PFA's) and at each empirical threshold of :data:`SWEEP_PFAS`:
     targets detected / total, detections, false-alarm objects (and per km² of valid pixels
-    with a projected CRS)."""
-    peaks = truth_objects(scores, truth, tile)
+    with a projected CRS). ``computed``: the ``extra`` of :func:`find_objects` called with
+    ``sweep`` = the empirical thresholds of :data:`SWEEP_PFAS`, then ``threshold`` (no further
+    pass over the map)."""
     levels = [(p, found.empirical[p][0]) for p in SWEEP_PFAS] + [(pfa, threshold)]
-    counts = object_sweep(scores, truth, [t for _, t in levels], tile)
+    if computed is None:
+        counts, peaks = object_sweep(scores, truth, [t for _, t in levels], tile), truth_objects(scores, truth, tile)
+    else:
+        counts, peaks = computed
     pixel_area = grid.pixel_area_m2()
     area_km2 = found.n_valid * pixel_area / 1e6 if pixel_area else None
     rows = []
@@ -669,7 +694,8 @@ def run_detections(scores, folder=None, *, pfa: float = DEFAULT_PFA, rule: str =
     found = thresholds(scores, (pfa, *(SWEEP_PFAS if truth is not None else ())), pfa if bands else None, bands)
     empirical_t, empirical_n = found.empirical[pfa]
     threshold, flagged = (empirical_t, empirical_n) if rule == "empirical" else found.chi2
-    stats, lookups, data = find_objects(scores, threshold, tile=tile)
+    sweep = [found.empirical[p][0] for p in SWEEP_PFAS] + [threshold] if truth is not None else ()
+    stats, lookups, data, computed = find_objects(scores, threshold, truth, tile, sweep)
     table = detection_table(stats, grid)
     expected = pfa * found.n_valid
     if folder is not None:
@@ -705,7 +731,7 @@ def run_detections(scores, folder=None, *, pfa: float = DEFAULT_PFA, rule: str =
         "crs": None if grid.crs is None else grid.crs.to_string(),
     }
     if truth is not None:
-        record["object_evaluation"] = object_evaluation(scores, truth, found, pfa, threshold, grid, tile)
+        record["object_evaluation"] = object_evaluation(scores, truth, found, pfa, threshold, grid, tile, computed)
     if folder is not None:
         record["files"] = ["detections.tif", *write_vectors(frame, folder)]
     return frame, record

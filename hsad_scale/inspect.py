@@ -41,8 +41,11 @@ def describe(src, *, gt=None, cube_key=None, gt_key=None, band_axis=None, drop_b
         lines.append("crs         none (pixel coordinates)")
     if cubes.GLT_X in ds:
         g = ds[cubes.GLT_X]
-        lines.append(f"glt         maps written on the orthorectified grid {g.shape[0]} x {g.shape[1]} "
-                     f"(GeoTransform {g.attrs['GeoTransform']}); --swath keeps swath geometry")
+        from rasterio.crs import CRS
+
+        lines.append(f"glt         maps written on the orthorectified grid {g.shape[0]} x {g.shape[1]}, "
+                     f"{CRS.from_wkt(g.attrs['crs_wkt']).to_string()}, GeoTransform {g.attrs['GeoTransform']} "
+                     f"(--swath keeps swath geometry)")
     if "scale_applied" in attrs:
         lines.append(f"scaling     stored x scale + offset applied (first band: x {attrs['scale_applied'][0]:g} "
                      f"+ {attrs['offset_applied'][0]:g})")

@@ -27,19 +27,7 @@ def write_scores(scores: xr.Dataset, path: Path, client=None) -> None:
     if client is None:
         job.compute()
         return
-    future = client.compute(job)
-    show_progress(future)
-    future.result()
-
-
-def show_progress(future) -> None:
-    import sys
-
-    if sys.stderr.isatty():
-        from distributed import progress
-
-        progress(future)
-        print(file=sys.stderr)
+    client.compute(job).result()  # progress: the stage's (hsad_scale.progress)
 
 
 #: GDAL creation options of the Cloud Optimized GeoTIFFs (COG driver): 256-pixel tiles,

@@ -6,17 +6,18 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from hsad_scale import cluster, cube as cubes, evaluate, fitting, outputs, plots, report
+from hsad_scale import cluster, cube as cubes, evaluate, fitting, outputs, plots, progress, report
 from hsad_scale.atomic import atomic_path, check_destination
 from hsad_scale.detectors import LEARNED_METHODS, METHODS, base as detector_base, saved as saved_models
 from hsad_scale.checks import check_detect_inputs, saved_method  # noqa: F401 (saved_method: re-exported)
 from hsad_scale.errors import InputError
+from hsad_scale.locations import absolute
 from hsad_scale.stats import BackgroundStats
 from hsad_scale.tiles import map_roc_counts, score_map
 
@@ -92,17 +93,21 @@ def check_threshold_options(method: str, pfa: float, rule: str) -> None:
 
 @dataclass
 class Stages:
-    """Wall time of each stage (seconds), printed as it goes."""
+    """Wall time of each stage (seconds), printed as it goes, with its progress while it runs
+    (the cluster's tasks and training steps, :mod:`hsad_scale.progress`) once ``client`` is set."""
 
     seconds: dict = field(default_factory=dict)
     quiet: bool = False
+    client: object = None
 
     @contextlib.contextmanager
     def __call__(self, name: str):
         if not self.quiet:
             print(f"[hsad] {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        yield
+        with progress.on_cluster(name, self.client) if self.client is not None and not self.quiet \
+                else contextlib.nullcontext():
+            yield
         self.seconds[name] = round(time.perf_counter() - start, 3)
         if not self.quiet:
             print(f"[hsad] {name} done in {self.seconds[name]:.1f} s", file=sys.stderr, flush=True)
@@ -326,6 +331,10 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
     ``record_extra`` is added to ``run.json``; ``dashboard_address``: where a LocalCluster's
     dashboard listens (default 127.0.0.1:8787, see :func:`cluster.dask_client`)."""
     options = options or DetectOptions()
+    src, out = absolute(src), absolute(out)  # the task graphs run in other working directories
+    if options.model:
+        options = replace(options, model=str(absolute(options.model)))
+    ingest_options = {k: absolute(v) if k == "gt" else v for k, v in (ingest_options or {}).items()}
     out = check_destination(out, overwrite)
     if not Path(src).exists():
         raise InputError(f"{src} does not exist")
@@ -344,6 +353,7 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         if client is None:
             _start_importing_learned(options)
             client = stack.enter_context(cluster.dask_client(dask_address, dashboard_address=dashboard_address))
+        stage.client = client
         link = cluster.dashboard_link(client)
         if link and not quiet:
             print(f"[hsad] Dask dashboard: {link}", file=sys.stderr)

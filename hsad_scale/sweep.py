@@ -400,8 +400,10 @@ def run_sweep(src, spec: SweepSpec, out, client=None, device: str = "auto", over
     per trial."""
     from hsad_scale import cluster
     from hsad_scale.atomic import atomic_path
+    from hsad_scale.locations import absolute
     from hsad_scale.pipeline import prepare_cube
 
+    src, out = absolute(src), absolute(out)  # the trials run in other working directories
     with atomic_path(out, overwrite) as tmp:
         Path(tmp).mkdir()
         cube_path = prepare_cube(src, Path(tmp))

@@ -294,9 +294,10 @@ def prepare_output(out) -> Ledger:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"output location {out} is not a folder")
-    if not out.parent.exists():
-        raise InputError(f"parent folder of {out} does not exist")
-    out.mkdir(exist_ok=True)
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise InputError(f"cannot create output location {out}: {parent} is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
     Ledger(out).read()  # an unreadable ledger is an error before any work
     return Ledger(out)
 
@@ -406,7 +407,9 @@ def run_watch(landing: str, out, options=None, *, client=None, dask_address=None
     """Process every acquisition of ``landing`` not yet in ``out``'s ledger (one pass);
     returns a row per acquisition (done, failed or skipped)."""
     from hsad_scale import cluster
+    from hsad_scale.locations import absolute
 
+    landing, out = str(absolute(landing)), absolute(out)  # the detect runs see other working directories
     prepare_output(out)
     acquisitions = list_acquisitions(landing)
     todo, skipped = pending(acquisitions, [cached_hash(a, out) for a in acquisitions], out)

@@ -264,15 +264,18 @@ def write_mat73(path, variables: dict):
     return path
 
 
-@pytest.mark.parametrize("version", ["5", "7.3"])
-def test_mat_band_first_decided_by_ground_truth(capfd, tmp_path, hydice, version):
+@pytest.mark.parametrize(("version", "gt_shape"), [("5", None), ("7.3", None), ("5", (1, ROWS, COLS)),
+                                                  ("7.3", (1, ROWS, COLS))])
+def test_mat_band_first_decided_by_ground_truth(capfd, tmp_path, hydice, version, gt_shape):
+    """PyTorch-style (bands, rows, cols) cube; its ground truth (rows, cols) or (1, rows, cols)."""
     data, gt = hydice
     chw = np.ascontiguousarray(np.transpose(data, (2, 0, 1)))  # (bands, rows, cols)
     path = tmp_path / "chw.mat"
+    saved_gt = gt if gt_shape is None else gt.reshape(gt_shape)
     if version == "5":
-        scipy.io.savemat(path, {"data": chw, "map": gt})
+        scipy.io.savemat(path, {"data": chw, "map": saved_gt})
     else:
-        write_mat73(path, {"data": chw, "map": gt})
+        write_mat73(path, {"data": chw, "map": saved_gt})
     capfd.readouterr()
     ds = ingested(tmp_path, path)
     assert "stored with its bands on axis 0" in capfd.readouterr().err
@@ -374,12 +377,13 @@ def test_netcdf_band_first_without_dim_names(capfd, tmp_path, hydice):
         f["cube"] = np.ascontiguousarray(np.transpose(data, (2, 0, 1)))
     refused(capfd, tmp_path, tmp_path / "chw.h5", match="--band-axis")
     assert_pixels(ingested(tmp_path, tmp_path / "chw.h5", "--band-axis", "first"), data)
-    with h5py.File(tmp_path / "chw_gt.h5", "w") as f:
-        f["cube"] = np.ascontiguousarray(np.transpose(data, (2, 0, 1)))
-        f["gt"] = gt
-    ds = ingested(tmp_path, tmp_path / "chw_gt.h5", dest="g.zarr")
-    assert_pixels(ds, data)
-    np.testing.assert_array_equal(ds[cubes.GROUND_TRUTH].values, gt)
+    for name, saved in (("gt", gt), ("anomaly_mask", gt[None])):  # (rows, cols) or (1, rows, cols)
+        with h5py.File(tmp_path / f"{name}.h5", "w") as f:
+            f["cube"] = np.ascontiguousarray(np.transpose(data, (2, 0, 1)))
+            f[name] = saved
+        ds = ingested(tmp_path, tmp_path / f"{name}.h5", dest=f"{name}.zarr")
+        assert_pixels(ds, data)
+        np.testing.assert_array_equal(ds[cubes.GROUND_TRUTH].values, gt)
 
 
 PRISMA_VNIR = "HDFEOS/SWATHS/PRS_L2D_HCO/Data Fields/VNIR_Cube"
@@ -493,7 +497,7 @@ def write_emit_l2a(path, refl, good):
     return glt_x, glt_y
 
 
-def test_emit_l2a_scores_on_the_glt_grid(tmp_path, hydice, client):
+def test_emit_l2a_scores_on_the_glt_grid(capfd, tmp_path, hydice, client):
     from hsad_scale.pipeline import run_detect
 
     data, _ = hydice
@@ -525,6 +529,11 @@ def test_emit_l2a_scores_on_the_glt_grid(tmp_path, hydice, client):
     assert not (swath / "scores.tif").exists()  # swath geometry has no affine
     record = json.loads((ortho / "run.json").read_text())
     assert record["ingest"]["dropped_bands"] == [0, 1, 100, 101, 102]
+    capfd.readouterr()
+    assert hsad("inspect", tmp_path / "EMIT_L2A_RFL.nc") == 0
+    out = capfd.readouterr().out
+    assert f"orthorectified grid {glt_x.shape[0]} x {glt_x.shape[1]}, EPSG:4326" in out
+    assert "157 kept of 162; left out: 0-1, 100-102" in out
 
 
 def xr_open(path):

@@ -10,6 +10,8 @@ import re
 import shlex
 from pathlib import Path
 
+import dask
+import pytest
 import yaml
 
 DEPLOY = Path(__file__).parents[1] / "deploy"
@@ -83,7 +85,14 @@ def test_compose_file_is_a_valid_compose_project():
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "--resources" not in services["worker"]["command"]
     for name, service in services.items():
-        assert service["image"] and "/data" in service["volumes"][0], name
+        if name == "scheduler":  # the scheduler never opens the data
+            assert service["image"] and service["volumes"] == [], name
+        else:
+            assert service["image"] and "/data" in service["volumes"][0], name
+    for name in ("worker", "gpu-worker"):  # preloads come from the image's Dask configuration
+        assert "--preload" not in services[name]["command"], name
+    for port in (*services["scheduler"]["ports"], *services["prefect-server"]["ports"]):
+        assert port.startswith("127.0.0.1:"), port  # published on the host's loopback
         if name not in ("scheduler", "prefect-server"):
             assert service["environment"]["HSAD_DASK_ADDRESS"] == "tcp://scheduler:8786", name
     assert services["serve"]["command"][:2] == ["hsad", "serve"]
@@ -94,8 +103,9 @@ def test_compose_file_is_a_valid_compose_project():
     assert set(project.service_names()) == set(services)
 
 
-def test_dockerfile_installs_the_package():
+def test_dockerfile_installs_the_package_and_the_dask_configuration():
     lines = (DEPLOY / "Dockerfile").read_text().splitlines()
+    assert "COPY hsad_scale/config/dask.yaml /etc/dask/hsad.yaml" in lines
     assert lines[[i for i, l in enumerate(lines) if l and not l.startswith("#")][0]].startswith("FROM python:3.11")
     assert any(l.startswith("COPY flows") for l in lines) and any("pip install ." in l for l in lines)
 
@@ -150,9 +160,18 @@ def test_dask_operator_resources_hold_valid_pod_and_service_specs():
     args = gpu_container["args"]
     assert args[args.index("--resources") + 1] == "GPU=1" and gpu_container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "--resources" not in cluster["spec"]["worker"]["spec"]["containers"][0]["args"]
-    serve = next(d for _, d in _manifests() if d["kind"] == "Deployment")
+    serve = next(d for _, d in _manifests() if d["kind"] == "Deployment" and d["metadata"]["name"] == "hsad-serve")
     env = {e["name"]: e["value"] for e in serve["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["HSAD_DASK_ADDRESS"] == f"tcp://{cluster['metadata']['name']}-scheduler:8786"
+    # the Prefect server it names is one of the manifests
+    service = next(d for _, d in _manifests() if d["kind"] == "Service" and d["metadata"]["name"] == "prefect-server")
+    assert env["PREFECT_API_URL"] == f"http://prefect-server:{service['spec']['ports'][0]['port']}/api"
+    server = next(d for _, d in _manifests() if d["kind"] == "Deployment" and d["metadata"]["name"] == "prefect-server")
+    assert service["spec"]["selector"].items() <= server["spec"]["template"]["metadata"]["labels"].items()
+    # the scheduler mounts no data; every worker does
+    assert "volumes" not in cluster["spec"]["scheduler"]["spec"]
+    for spec in (cluster["spec"]["worker"]["spec"], gpu["spec"]["worker"]["spec"]):
+        assert spec["containers"][0]["volumeMounts"][0]["mountPath"] == "/data"
 
 
 # --------------------------------------------------------------------------------------
@@ -166,7 +185,18 @@ def _slurm_module():
     return module
 
 
-def test_jobqueue_example_writes_cpu_and_gpu_batch_scripts():
+@pytest.fixture
+def restored_dask_config():
+    """Dask's configuration put back after the test (the SLURM example sets hsad's for its scheduler)."""
+    import copy
+
+    saved = copy.deepcopy(dask.config.config)
+    yield
+    dask.config.config.clear()
+    dask.config.config.update(saved)
+
+
+def test_jobqueue_example_writes_cpu_and_gpu_batch_scripts(restored_dask_config):
     config = _load("jobqueue/jobqueue.yaml")
     assert config["jobqueue"]["slurm"]["cores"] == config["jobqueue"]["slurm"]["processes"]  # 1 thread per worker
     slurm = _slurm_module()
@@ -176,6 +206,78 @@ def test_jobqueue_example_writes_cpu_and_gpu_batch_scripts():
         gpu_script = slurm.gpu_job_script(cluster.scheduler_address)
     assert "#SBATCH -p compute" in cpu_script and "--nthreads 1" in cpu_script and "GPU=1" not in cpu_script
     assert "#SBATCH -p gpu" in gpu_script and "#SBATCH --gres=gpu:1" in gpu_script
+    from hsad_scale.cluster import CONFIG_FILE
+
+    for script in (cpu_script, gpu_script):  # every worker job reads hsad's Dask configuration
+        assert f"export DASK_CONFIG={CONFIG_FILE.parent}" in script.splitlines()
+    assert dask.config.get("distributed.scheduler.worker-saturation") == float("inf")  # and the scheduler here
     worker_line = next(line for line in gpu_script.splitlines() if "dask_worker" in line or "dask worker" in line)
     words = shlex.split(worker_line)
     assert words[words.index("--resources") + 1] == "GPU=1"
+
+
+# --------------------------------------------------------------------------------------
+# the one Dask configuration file
+
+
+def test_the_dask_configuration_file_is_what_the_local_cluster_uses():
+    from hsad_scale import cluster
+
+    config = yaml.safe_load(cluster.CONFIG_FILE.read_text())
+    assert set(cluster.CONFIG_FILE.parent.iterdir()) == {cluster.CONFIG_FILE}  # DASK_CONFIG reads the whole folder
+    assert config["distributed"]["worker"]["preload"] == ["hsad_scale.tiles", "hsad_scale.learned"]
+    assert cluster.WORKER_ENV == config["distributed"]["nanny"]["pre-spawn-environ"]
+    assert cluster.LOCAL_CLUSTER_CONFIG == {"distributed.scheduler.worker-saturation": float("inf"),
+                                            "distributed.nanny.pre-spawn-environ": cluster.WORKER_ENV}
+
+
+# --------------------------------------------------------------------------------------
+# the deploy README's commands name files and options that exist
+
+
+def _readme_commands() -> list[list[str]]:
+    text = (DEPLOY / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = line.split("  #")[0].strip()
+            if line:
+                words = shlex.split(line)
+                while words and re.fullmatch(r"\w+=\S*", words[0]):  # VAR=value prefixes
+                    words.pop(0)
+                commands.append(words)
+    return commands
+
+
+def _option(words: list[str], name: str) -> str:
+    return words[words.index(name) + 1]
+
+
+def test_the_deploy_readme_commands_name_existing_files_and_valid_options():
+    from hsad_scale.cli import build_parser
+
+    commands = _readme_commands()
+    seen = set()
+    for words in commands:
+        tool = words[0]
+        seen.add(tool)
+        if tool == "hsad":
+            build_parser().parse_args(words[1:])  # exits (SystemExit) on an unknown option
+        elif tool == "docker":
+            assert words[1] == "compose" and (ROOT / _option(words, "-f")).is_file(), words
+        elif tool == "kubectl" and words[1] == "apply":
+            target = ROOT / _option(words, "-f")
+            assert target.is_dir() and {p.name for p in target.glob("*.yaml")} >= {
+                "dask-cluster.yaml", "gpu-workers.yaml", "hsad-serve.yaml", "prefect-server.yaml"}, words
+        elif tool == "python":
+            script = ROOT / words[1]
+            assert script.is_file(), words
+            source = script.read_text()
+            for word in words[2:]:
+                if word.startswith("--"):
+                    assert f'"{word}"' in source, (word, script)
+        elif tool == "prefect" and words[1] == "deploy":
+            assert (ROOT / _option(words, "--prefect-file")).is_file(), words
+        elif tool == "mkdir":
+            assert words[-1].startswith("deploy/"), words
+    assert {"hsad", "docker", "kubectl", "python", "prefect"} <= seen

@@ -82,6 +82,9 @@ def test_chi2_threshold_flags_pfa_times_n_on_a_gaussian_cube():
     for pfa in (1e-3, 1e-2):
         found = det.thresholds(xr.DataArray(scores, dims=("y", "x")).chunk(256), [pfa], chi2_pfa=pfa, bands=bands)
         threshold, flagged = found.chi2
+        from scipy.stats import chi2
+
+        assert threshold == pytest.approx(chi2.isf(pfa, bands), rel=1e-6)
         assert flagged == np.count_nonzero(scores >= np.float32(threshold))
         expected = pfa * n
         assert abs(flagged - expected) < 4 * np.sqrt(expected * (1 - pfa)), (pfa, flagged, expected)
@@ -108,7 +111,7 @@ def test_chi2_rule_is_for_rx_only_and_reported_on_real_scenes(real_maps):
 def test_objects_equal_scipy_label_on_the_whole_map(real_maps, tile, pfa):
     for name, (scores, _) in real_maps.items():
         threshold = det.thresholds(scores, [pfa]).empirical[pfa][0]
-        stats, lookups, data = det.find_objects(scores, threshold, tile=tile)
+        stats, lookups, data, _ = det.find_objects(scores, threshold, tile=tile)
         reference, n = ndimage.label(scores >= np.float32(threshold), structure=EIGHT)
         assert len(stats["pixels"]) == n, name
         labels = np.concatenate([strip for _, strip in det.label_rows(data, threshold, lookups)])
@@ -153,7 +156,7 @@ def test_objects_touching_only_across_tile_corners_are_merged():
     mask = np.zeros((8, 8), np.float32)
     mask[3, 3] = mask[4, 4] = 1  # diagonal neighbours in four different 4 x 4 tiles
     mask[3, 4 + 3] = mask[4, 4 + 2] = 1  # an anti-diagonal pair across a tile row border
-    stats, _, _ = det.find_objects(mask, 0.5, tile=(4, 4))
+    stats, _, _, _ = det.find_objects(mask, 0.5, tile=(4, 4))
     assert list(stats["pixels"]) == [2, 2]
 
 
@@ -166,6 +169,8 @@ def test_object_level_figures_equal_a_whole_map_reference(real_maps, tile):
         result = det.object_evaluation(scores, truth, found, 1e-2, found.empirical[1e-2][0], det.MapGrid.of(scores),
                                        tile=tile)
         assert [r["pfa"] for r in result["sweep"]] == list(det.SWEEP_PFAS)
+        # the same figures from the labelling pass of run_detections (one pass for every threshold)
+        assert det.run_detections(scores, pfa=1e-2, truth=truth, tile=tile)[1]["object_evaluation"] == result
         for row in result["sweep"] + [result["at_pfa"]]:
             threshold = np.inf if row["threshold"] is None else row["threshold"]  # None: PFA x N < 1, nothing flagged
             assert (row["threshold"] is None) == (row["pfa"] * scores.size < 1)

@@ -335,6 +335,22 @@ def test_watch_flow_processes_each_file_once_and_reports_a_corrupt_one(had_dir, 
     assert len(json.loads((out / "ledger.json").read_text())["processed"]) == 3
     # third run: nothing to do, no cluster started
     assert {r["status"] for r in watch(str(landing), str(out), dask_address=address)} == {"skipped"}
+    # a new bad acquisition: its record task run is Failed, with the acquisition and the reason
+    (landing / "broken2.mat").write_bytes(b"MATLAB 5.0 MAT-file, also truncated" + bytes(100))
+    state = watch(str(landing), str(out), dask_address=address, return_state=True)
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + 30
+    with _prefect_client() as prefect_client:
+        while True:
+            runs = prefect_client.read_task_runs(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+            record_run = next((r for r in runs if r.name == "record-broken2"), None)
+            if (record_run is not None and record_run.state.is_final()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    assert record_run is not None and record_run.state.is_failed(), record_run
+    assert "acquisition broken2.mat failed" in record_run.state.message
 
 
 def test_acquisitions_are_listed_and_hashed_by_content(tmp_path):

@@ -527,3 +527,55 @@ def test_a_figure_that_fails_is_skipped_and_recorded(cube, tmp_path, client, mon
     assert "roc.png" in (run / "report.html").read_text()
     err = capsys.readouterr().err
     assert len([line for line in err.splitlines() if line.startswith("[hsad] warning:")]) == 1
+
+
+# --- 7. watch: one line per failed acquisition -------------------------------------------------
+
+def test_watch_prints_one_line_per_failed_acquisition(tmp_path):
+    import json
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "broken.mat").write_bytes(np.random.default_rng(0).bytes(4000))
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    proc = subprocess.run([*CLI, "watch", str(landing), "--out", str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=300, env={**env, "PREFECT_HOME": str(tmp_path / "prefect")})
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "|" not in proc.stderr, proc.stderr  # no Prefect/distributed log lines
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("[hsad] failed:")]
+    assert [line.split(":")[1].strip() for line in failed] == ["broken.mat"], proc.stderr
+    assert error_lines(proc.stderr) == [line for line in proc.stderr.splitlines() if line.startswith("hsad: error:")]
+    assert len(error_lines(proc.stderr)) == 1 and "1 of 1" in error_lines(proc.stderr)[0]
+    ledger = json.loads((tmp_path / "out" / "ledger.json").read_text())
+    assert len(json.dumps(ledger)) > 0 and "broken.mat" in json.dumps(ledger)
+
+
+# --- models load without running code --------------------------------------------------------
+
+class _Payload:
+    """Unpickling this writes a marker file: what a tampered model would try."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "code ran"))
+
+
+@pytest.mark.parametrize("kind", ["ae weights", "rx statistics"])
+def test_tampered_models_are_refused_without_running_their_code(cube, tmp_path, kind):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    if kind == "ae weights":
+        model = _model_folder(tmp_path / "model", 12)
+        (model / "model.safetensors").write_bytes(pickle.dumps(_Payload(str(marker))))
+        needle = "safetensors"
+    else:
+        model = tmp_path / "rx_stats.npz"
+        np.savez(model, count=np.array([_Payload(str(marker))], dtype=object), mean=np.zeros(12),
+                 scatter=np.eye(12))
+        needle = "no RX statistics"
+    proc = hsad("detect", cube, "--model", model, "--out", tmp_path / "run")
+    assert_refused(proc, needle)
+    assert not marker.exists() and not (tmp_path / "run").exists()

@@ -7,8 +7,12 @@ a GPU worker job, all attached to one scheduler that this script runs.
     hsad detect /scratch/scene.zarr --out /scratch/runs/scene --dask-address tcp://HOST:PORT
     hsad sweep /scratch/scene.zarr --grid grid.yaml --out /scratch/sweep --dask-address tcp://HOST:PORT
 
-Settings (partitions, cores, memory, walltime) come from ``jobqueue.yaml`` next to this file.
-Paths given to hsad must be visible from the compute nodes (a shared file system).
+Settings (partitions, cores, memory, walltime) come from ``jobqueue.yaml`` next to this file;
+the scheduler here and every worker job use hsad's Dask configuration
+(``hsad_scale/config/dask.yaml``: worker environment, no task queueing, the workers preload
+``hsad_scale.tiles`` and ``hsad_scale.learned``), the jobs through ``DASK_CONFIG``. Paths given
+to hsad must be visible from the compute nodes (a shared file system, the same Python
+environment).
 """
 
 from __future__ import annotations
@@ -26,17 +30,28 @@ CONFIG = Path(__file__).with_name("jobqueue.yaml")
 
 def load_config(path: Path = CONFIG) -> None:
     """Make ``jobqueue.yaml`` the defaults of dask's configuration, over dask-jobqueue's own
-    (a user's ~/.config/dask settings still win)."""
+    (a user's ~/.config/dask settings still win), and hsad's Dask configuration those of the
+    scheduler started here (the worker jobs read it through ``DASK_CONFIG``, :func:`prologue`)."""
     import dask_jobqueue  # noqa: F401  (registers its defaults first)
 
+    from hsad_scale.cluster import cluster_config
+
     dask.config.update_defaults(yaml.safe_load(Path(path).read_text()))
+    dask.config.set(cluster_config())
+
+
+def prologue() -> list[str]:
+    """Batch script lines before the worker starts: hsad's Dask configuration for it."""
+    from hsad_scale.cluster import CONFIG_FILE
+
+    return [f"export DASK_CONFIG={CONFIG_FILE.parent}"]
 
 
 def cpu_cluster(**overrides):
     """The SLURMCluster: a scheduler here, CPU worker jobs submitted with ``.scale(jobs=N)``."""
     from dask_jobqueue import SLURMCluster
 
-    return SLURMCluster(**overrides)
+    return SLURMCluster(**{"job_script_prologue": prologue(), **overrides})
 
 
 def gpu_job_script(scheduler_address: str, **overrides) -> str:
@@ -44,7 +59,7 @@ def gpu_job_script(scheduler_address: str, **overrides) -> str:
     from dask_jobqueue.slurm import SLURMJob
 
     options = {key.replace("-", "_"): value for key, value in dask.config.get("hsad.gpu-job").items()}
-    options.update(overrides)
+    options.update(job_script_prologue=prologue(), **overrides)
     return SLURMJob(scheduler=scheduler_address, name="hsad-gpu", **options).job_script()
 
 

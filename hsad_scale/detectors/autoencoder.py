@@ -32,6 +32,7 @@ from torch import nn
 
 from hsad_scale.detectors.ae_config import *  # noqa: F401,F403  (the settings, re-exported)
 from hsad_scale.detectors.ae_config import _BaseConfig, _check  # noqa: F401
+from hsad_scale import progress
 from hsad_scale.stats import BackgroundStats, whitener
 
 # --------------------------------------------------------------------------------------
@@ -266,6 +267,7 @@ def _fit(pixels_train, config, scaling, dev) -> "TrainedModel":
     history: dict[str, Any] = {"loss": [], "holdout_loss": [], "steps": 0}
     best, best_state, best_epoch, bad = math.inf, None, 0, 0
     steps = 0
+    reported = time.monotonic()
     net.train()
     for epoch in range(epochs):
         # one permutation per member: (M, n), each member sees the data in its own order
@@ -283,6 +285,9 @@ def _fit(pixels_train, config, scaling, dev) -> "TrainedModel":
             running += loss.detach()
             count += 1
             steps += 1
+            if time.monotonic() - reported >= progress.TRAINING_REPORT_SECONDS:  # shown by the client
+                progress.report_training(config.seed, steps, total, float(running) / count)
+                reported = time.monotonic()
         history["loss"].append(float(running) / max(count, 1))
         if xh is not None:
             h = _holdout_loss(net, config, xh)

@@ -109,14 +109,18 @@ class _MatFile:
     """The numeric variables of a .mat file: ``shapes`` (MATLAB order) and loaders."""
 
     def __init__(self, path: Path, version: str, shapes: dict, arrays: dict | None):
-        self.path, self.version, self.shapes, self._arrays = path, version, shapes, arrays
+        self.path, self.version, self._arrays = path, version, arrays
+        # a ground truth saved with a singleton axis ((1, rows, cols) from PyTorch code,
+        # (rows, cols, 1)) is the 2-D plane it holds
+        self.shapes = {k: (tuple(d for d in s if d != 1) if _truth_name(k) and len(s) == 3
+                           and sum(d == 1 for d in s) == 1 else tuple(s)) for k, s in shapes.items()}
 
     def array(self, name: str) -> np.ndarray:
-        """The whole variable as numpy, MATLAB shape."""
+        """The whole variable as numpy, MATLAB shape (a ground truth's singleton axis dropped)."""
         if self._arrays is not None:
-            return self._arrays[name]
+            return self._arrays[name].reshape(self.shapes[name])
         with _h5_file(self.path) as f:
-            return f[name][()].T
+            return f[name][()].T.reshape(self.shapes[name])
 
     def cube(self, name: str, band_axis: int, materialize: bool) -> da.Array:
         """The 3-D variable as a dask ``(bands, rows, cols)`` array; ``band_axis`` in MATLAB
@@ -226,12 +230,16 @@ def _cube_name(mat: _MatFile, key: str | None) -> str:
     return candidates[0]
 
 
+def _truth_name(name: str) -> bool:
+    """Whether a variable is named like a ground truth."""
+    return name.lower() in GT_NAMES or any(h in name.lower() for h in GT_HINTS)
+
+
 def _named_planes(mat: _MatFile, exclude: str) -> dict:
     """2-D variables named like a ground truth ``{name: shape}`` (vectors only when they fit
     a spatial layout of the cube ``exclude``)."""
     cube = mat.shapes[exclude]
-    named = {k: tuple(s) for k, s in mat.shapes.items() if k != exclude and len(s) == 2
-             and (k.lower() in GT_NAMES or any(h in k.lower() for h in GT_HINTS))}
+    named = {k: tuple(s) for k, s in mat.shapes.items() if k != exclude and len(s) == 2 and _truth_name(k)}
     # a named vector is a ground truth only when it is the image of a one-line scene
     return {k: s for k, s in named.items()
             if min(s) > 1 or any(spatial_shape(cube, a) == s for a in range(3))}

@@ -179,7 +179,8 @@ def _apply_prisma(source: SceneSource, prisma: dict) -> None:
     if usable.all():
         source.wavelength = w
     else:  # flagged-off bands carry wavelength 0: the rest is still a wavelength in nm
-        source.bad_bands.update({int(i): f"{prisma['list']} = 0 (PRISMA)" for i in np.flatnonzero(~usable)})
+        for i in np.flatnonzero(~usable):
+            source.bad_bands.setdefault(int(i), f"{prisma['list']} = 0 (PRISMA)")
         source.wavelength = np.where(usable, w, np.nan)
     if "scale" in prisma:
         lo, hi = prisma["scale"]
@@ -259,7 +260,7 @@ def _truth_shapes(ds: xr.Dataset, var: xr.DataArray, gt_key, truth_shape, path) 
                  (str(k).lower() in GT_NAMES or any(h in str(k).lower() for h in GT_HINTS))]
     out = {}
     for k in names:
-        v = ds[k]
+        v = _squeezed(ds[k])
         if v.ndim != 2 or min(v.shape) < 2:
             if gt_key is not None:
                 raise InputError(f"ground truth '{k}' in {path} has dims {dict(v.sizes)}, expected 2-D (y, x)")
@@ -335,7 +336,8 @@ def _cube_name(ds: xr.Dataset, key: str | None, path) -> str:
                              f"image is not a cube" if ds[key].ndim == 2 else
                              f"'{key}' in {path} has dims {ds[key].dims}, expected 3")
         return key
-    cubes = [k for k, v in ds.data_vars.items() if v.ndim == 3 and v.dtype.kind in "biuf"]
+    cubes = [k for k, v in ds.data_vars.items() if v.ndim == 3 and v.dtype.kind in "biuf"
+             and not (_squeezed(v).ndim == 2 and any(h in str(k).lower() for h in (*GT_NAMES, *GT_HINTS)))]
     complex_cubes = [k for k, v in ds.data_vars.items() if v.ndim == 3 and v.dtype.kind == "c"]
     if not cubes and complex_cubes:
         raise InputError(f"'{complex_cubes[0]}' in {path} holds complex values: not reflectance or "
@@ -387,12 +389,23 @@ def _ground_truth(ds: xr.Dataset, key: str | None, ydim: str, xdim: str, path) -
                              f"expected ({ydim}: {shape[0]}, {xdim}: {shape[1]})")
         return gt
     lower = {str(k).lower(): k for k in ds.variables}
-    name = next((lower[n] for n in GT_NAMES if n in lower), None)
-    return None if name is None else _plane(ds[name], ydim, xdim, shape)
+    names = [lower[n] for n in GT_NAMES if n in lower]
+    names += [k for k in ds.variables if k not in names and any(h in str(k).lower() for h in GT_HINTS)]
+    for name in names:
+        gt = _plane(ds[name], ydim, xdim, shape)
+        if gt is not None:
+            return gt
+    return None
+
+
+def _squeezed(v: xr.DataArray) -> xr.DataArray:
+    """A 3-D variable with one singleton axis ((1, rows, cols) from PyTorch code) as 2-D."""
+    return v.squeeze() if v.ndim == 3 and sum(n == 1 for n in v.shape) == 1 else v
 
 
 def _plane(v: xr.DataArray, ydim: str, xdim: str, shape: tuple) -> np.ndarray | None:
     """``v`` as numpy ``(y, x)`` when it has the cube's spatial dims or shape, else None."""
+    v = _squeezed(v)
     if set(v.dims) == {ydim, xdim}:
         return v.transpose(ydim, xdim).values
     return v.values if v.shape == shape else None
