@@ -338,6 +338,11 @@ def test_truncated_or_corrupt_files_are_named(capfd, tmp_path, hydice):
         assert str(path) in line
     (tmp_path / "junk.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x07" * 500)
     assert str(tmp_path / "junk.h5") in refused(capfd, tmp_path, tmp_path / "junk.h5")
+    with rasterio.open(tmp_path / "rgb.png", "w", driver="PNG", width=COLS, height=ROWS, count=3,
+                       dtype="uint8") as dst:  # an RGB picture named .tif is not a cube
+        dst.write(np.zeros((3, ROWS, COLS), np.uint8))
+    (tmp_path / "rgb.png").rename(tmp_path / "rgb.tif")
+    assert "not a GeoTIFF" in refused(capfd, tmp_path, tmp_path / "rgb.tif")
 
 
 # --- GeoTIFF ---------------------------------------------------------------------------------
@@ -384,6 +389,20 @@ def test_netcdf_band_first_without_dim_names(capfd, tmp_path, hydice):
         ds = ingested(tmp_path, tmp_path / f"{name}.h5", dest=f"{name}.zarr")
         assert_pixels(ds, data)
         np.testing.assert_array_equal(ds[cubes.GROUND_TRUTH].values, gt)
+
+
+def test_netcdf_single_time_step_cube(tmp_path, hydice):
+    data, _ = hydice
+    with netCDF4.Dataset(tmp_path / "t.nc", "w") as nc:
+        for name, size in zip(("time", "y", "x", "wavelength"), (1, *data.shape)):
+            nc.createDimension(name, size)
+        nc.createVariable("radiance", "u2", ("time", "y", "x", "wavelength"))[:] = data[None]
+        w = nc.createVariable("wavelength", "f8", ("wavelength",))
+        w[:] = WAVELENGTH_NM
+        w.units = "nm"
+    ds = ingested(tmp_path, tmp_path / "t.nc")
+    assert_pixels(ds, data)
+    np.testing.assert_allclose(ds["wavelength"].values, WAVELENGTH_NM)
 
 
 PRISMA_VNIR = "HDFEOS/SWATHS/PRS_L2D_HCO/Data Fields/VNIR_Cube"

@@ -73,19 +73,20 @@ def test_store_with_a_damaged_chunk_is_refused_naming_it(cube, tmp_path, damage)
     assert snapshot(tmp_path) == before
 
 
-def test_undecodable_chunk_of_a_compressed_store_is_refused(tmp_path):
+def test_undecodable_chunk_of_a_compressed_store_is_refused(tmp_path, client):
     store = synth(tmp_path / "z.zarr", SceneSpec(32, 32, 6, seed=1), chunk=16, compression="zstd")
     (store / "cube" / "c" / "0" / "1" / "0").write_bytes(b"garbage" * 50)
-    proc = hsad("detect", store, "--out", tmp_path / "run")
+    proc = hsad("detect", store, "--out", tmp_path / "run", "--dask-address", client.scheduler.address)  # found on a worker
     assert_refused(proc, "cube/c/0/1/0", "cannot be decoded")
     assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.*"))
 
 
 # --- 2. concurrent runs, existing results --------------------------------------------------
 
-def test_two_runs_into_one_destination_give_exactly_one_success(cube, tmp_path):
+def test_two_runs_into_one_destination_give_exactly_one_success(cube, tmp_path, client):
     out = tmp_path / "run"
-    procs = [subprocess.Popen([*CLI, "detect", str(cube), "--out", str(out)], stdout=subprocess.PIPE,
+    args = ["detect", str(cube), "--out", str(out), "--dask-address", client.scheduler.address]
+    procs = [subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(p.wait(timeout=180), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
@@ -256,7 +257,7 @@ def test_refused_input_exits_2_at_once_and_writes_nothing(case, cube, tmp_path):
     assert snapshot(tmp_path) == before  # existing destination byte-identical, nothing else written
 
 
-def test_all_invalid_cube_exits_2(tmp_path):
+def test_all_invalid_cube_exits_2(tmp_path, client):
     import dask.array as da
     import xarray as xr
 
@@ -265,7 +266,7 @@ def test_all_invalid_cube_exits_2(tmp_path):
     nan = da.full((6, 24, 24), np.nan, dtype=np.float32, chunks=(6, 16, 16))
     write_cube(xr.Dataset({"cube": (("band", "y", "x"), nan)}, coords={"y": np.arange(24), "x": np.arange(24)}),
                tmp_path / "nan.zarr")
-    proc = hsad("detect", tmp_path / "nan.zarr", "--out", tmp_path / "run")
+    proc = hsad("detect", tmp_path / "nan.zarr", "--out", tmp_path / "run", "--dask-address", client.scheduler.address)
     assert_refused(proc, "valid pixel")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.zarr"]
 
@@ -290,9 +291,9 @@ def larger_cube(tmp_path_factory):
     return synth(tmp_path_factory.mktemp("rel-large") / "large.zarr", SceneSpec(384, 384, 48, seed=2), chunk=64)
 
 
-def _start_and_wait_for_stage(src: Path, out: Path, tmpdir: Path, stage: str = "rx-stats ...") -> tuple:
+def _start_and_wait_for_stage(src: Path, out: Path, tmpdir: Path, *extra, stage: str = "rx-stats ...") -> tuple:
     """``hsad detect`` started in its own session (as from a terminal), read until ``stage``."""
-    proc = subprocess.Popen([*CLI, "detect", str(src), "--out", str(out)], stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([*CLI, "detect", str(src), "--out", str(out), *extra], stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "TMPDIR": str(tmpdir)}, start_new_session=True)
     seen = []
     for line in proc.stderr:
@@ -345,19 +346,20 @@ def test_signal_stops_the_run_and_leaves_nothing(larger_cube, tmp_path, signum):
     assert list(tmpdir.iterdir()) == []  # no pymp-*, no dask-scratch-space
 
 
-def test_next_run_removes_temporaries_of_a_killed_run(larger_cube, tmp_path):
+def test_next_run_removes_temporaries_of_a_killed_run(larger_cube, tmp_path, client):
     """After SIGKILL (nothing can run) the next run into the same destination removes the
     dead run's temporary output, says so in one line, and succeeds."""
     import signal
 
     out = tmp_path / "runs" / "run"
     out.parent.mkdir()
-    proc, _ = _start_and_wait_for_stage(larger_cube, out, tmp_path)
+    address = ["--dask-address", client.scheduler.address]
+    proc, _ = _start_and_wait_for_stage(larger_cube, out, tmp_path, *address)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     left = [p.name for p in out.parent.iterdir()]
     assert any(name.startswith(f".run.tmp-{proc.pid}-") for name in left), left
-    again = hsad("detect", larger_cube, "--out", out)
+    again = hsad("detect", larger_cube, "--out", out, *address)
     assert again.returncode == 0, again.stderr
     warnings = [line for line in again.stderr.splitlines() if line.startswith("[hsad] warning:")]
     assert len(warnings) == 1 and f"pid {proc.pid}" in warnings[0] and "interrupted" in warnings[0], again.stderr
@@ -435,7 +437,7 @@ def test_serve_listens_on_loopback_only(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     proc = subprocess.Popen([*CLI, "serve", str(tmp_path / "landing"), "--out", str(tmp_path / "out"),
                              "--interval", "3600", "--port", str(port)], stderr=subprocess.PIPE, text=True,
-                            env={**env, "PREFECT_HOME": str(tmp_path / "prefect")}, start_new_session=True)
+                            env=env, start_new_session=True)
     try:
         seen = []
         for line in proc.stderr:
@@ -474,7 +476,7 @@ def _strip_store(tmp_path: Path, cube: Path, name: str, rows: slice, cols: slice
 
 
 @pytest.mark.parametrize("shape", ["one row", "one column"])
-def test_single_line_scene_lands_with_every_product(cube, tmp_path, shape):
+def test_single_line_scene_lands_with_every_product(cube, tmp_path, shape, client):
     import json
 
     import xarray as xr
@@ -483,7 +485,7 @@ def test_single_line_scene_lands_with_every_product(cube, tmp_path, shape):
     y, x = (int(i[0]) for i in np.nonzero(truth))  # a line through an anomaly
     rows, cols = (slice(y, y + 1), slice(None)) if shape == "one row" else (slice(None), slice(x, x + 1))
     store = _strip_store(tmp_path, cube, "line.zarr", rows, cols)
-    proc = hsad("detect", store, "--out", tmp_path / "run")
+    proc = hsad("detect", store, "--out", tmp_path / "run", "--dask-address", client.scheduler.address)
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
     for name in ("scores.zarr", "metrics.json", "map.png", "roc.png", "report.html"):
@@ -492,11 +494,11 @@ def test_single_line_scene_lands_with_every_product(cube, tmp_path, shape):
     assert "warning" not in proc.stderr
 
 
-def test_ground_truth_without_anomalies_lands_the_scores_and_says_why_metrics_are_missing(cube, tmp_path):
+def test_ground_truth_without_anomalies_lands_the_scores_and_says_why_metrics_are_missing(cube, tmp_path, client):
     import json
 
     store = _strip_store(tmp_path, cube, "clean.zarr", slice(None), slice(None), no_anomalies=True)
-    proc = hsad("detect", store, "--out", tmp_path / "run")
+    proc = hsad("detect", store, "--out", tmp_path / "run", "--dask-address", client.scheduler.address)
     assert proc.returncode == 0, proc.stderr
     run = tmp_path / "run"
     assert (run / "scores.zarr").is_dir() and (run / "map.png").is_file() and (run / "report.html").is_file()
@@ -531,15 +533,15 @@ def test_a_figure_that_fails_is_skipped_and_recorded(cube, tmp_path, client, mon
 
 # --- 7. watch: one line per failed acquisition -------------------------------------------------
 
-def test_watch_prints_one_line_per_failed_acquisition(tmp_path):
+def test_watch_prints_one_line_per_failed_acquisition(tmp_path, client):
     import json
 
     landing = tmp_path / "landing"
     landing.mkdir()
     (landing / "broken.mat").write_bytes(np.random.default_rng(0).bytes(4000))
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    proc = subprocess.run([*CLI, "watch", str(landing), "--out", str(tmp_path / "out")], capture_output=True,
-                          text=True, timeout=300, env={**env, "PREFECT_HOME": str(tmp_path / "prefect")})
+    proc = subprocess.run([*CLI, "watch", str(landing), "--out", str(tmp_path / "out"), "--dask-address",
+                           client.scheduler.address], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "|" not in proc.stderr, proc.stderr  # no Prefect/distributed log lines
     failed = [line for line in proc.stderr.splitlines() if line.startswith("[hsad] failed:")]

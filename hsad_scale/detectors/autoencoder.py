@@ -303,6 +303,8 @@ def _fit(pixels_train, config, scaling, dev) -> "TrainedModel":
         if steps >= total:
             break
     stopped = len(history["loss"])
+    # the last step is always reported: a training shorter than one report interval shows too
+    progress.report_training(config.seed, steps, total, history["loss"][-1] if history["loss"] else None)
     if best_state is not None and best_epoch < stopped:
         net.load_state_dict(best_state)
     history.update(steps=steps, epochs_run=stopped, best_epoch=best_epoch or stopped,

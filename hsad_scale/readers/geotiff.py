@@ -180,6 +180,8 @@ def read_geotiff(path) -> SceneSource:
     """
     p = existing_file(path)
     source = raster_source(p, "GeoTIFF")
+    if source.attrs.get("driver") not in ("GTiff", "COG"):
+        raise InputError(f"{p} is not a GeoTIFF: GDAL reads it as {source.attrs.get('driver')}")
     xml = enmap_metadata_file(p)
     if xml is not None:
         apply_enmap_metadata(source, xml)

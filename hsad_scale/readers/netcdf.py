@@ -51,7 +51,7 @@ def read_netcdf(path, cube_key: str | None = None, gt_key: str | None = None, *,
     group, key = _split_key(cube_key)
     ds = _open(p, group)
     name = _cube_name(ds, key, p)
-    var = ds[name]
+    var = _without_singletons(ds[name])
     where = f"'{cube_key or name}' in {p}"
     truths = _truth_shapes(ds, var, gt_key, truth_shape, p)
     waves = _wavelength_sizes(p, ds, var)
@@ -331,12 +331,12 @@ def _cube_name(ds: xr.Dataset, key: str | None, path) -> str:
             raise InputError(f"variable '{key}' not found in {path}; variables: {_listing(ds)}")
         if ds[key].dtype.kind not in "biuf":
             raise InputError(f"'{key}' in {path} holds {ds[key].dtype} values, not real numbers")
-        if ds[key].ndim != 3:
+        if _without_singletons(ds[key]).ndim != 3:
             raise InputError(f"'{key}' in {path} has dims {ds[key].dims}: a 2-D (single-band) "
                              f"image is not a cube" if ds[key].ndim == 2 else
                              f"'{key}' in {path} has dims {ds[key].dims}, expected 3")
         return key
-    cubes = [k for k, v in ds.data_vars.items() if v.ndim == 3 and v.dtype.kind in "biuf"
+    cubes = [k for k, v in ds.data_vars.items() if _without_singletons(v).ndim == 3 and v.dtype.kind in "biuf"
              and not (_squeezed(v).ndim == 2 and any(h in str(k).lower() for h in (*GT_NAMES, *GT_HINTS)))]
     complex_cubes = [k for k, v in ds.data_vars.items() if v.ndim == 3 and v.dtype.kind == "c"]
     if not cubes and complex_cubes:
@@ -396,6 +396,14 @@ def _ground_truth(ds: xr.Dataset, key: str | None, ydim: str, xdim: str, path) -
         if gt is not None:
             return gt
     return None
+
+
+def _without_singletons(v: xr.DataArray) -> xr.DataArray:
+    """A variable of more than 3 dims without its length-1 dims (``time``, ``z``): CF
+    products store one acquisition as ``(time=1, y, x, band)``."""
+    if v.ndim <= 3:
+        return v
+    return v.squeeze([d for d in v.dims if v.sizes[d] == 1], drop=True)
 
 
 def _squeezed(v: xr.DataArray) -> xr.DataArray:
