@@ -7,6 +7,8 @@ docs/quality_table.md. Runs on one CPU thread.
 
     python benchmarks/quality_table.py --seeds 5
     python benchmarks/quality_table.py --scenes hydice sandiego --methods rx default-ae
+    python benchmarks/quality_table.py --seeds 1 --methods rx utd rxd-utd local-rx local-rx-3-11 \
+        local-rx-localcov cluster-rx --out docs/quality_table_detectors.md
 """
 
 from __future__ import annotations
@@ -38,6 +40,18 @@ METHODS: dict[str, tuple[str | None, str | None]] = {
     "default-ae": ("default-ae", None),
     "default-vae": ("default-vae", None),
 }
+#: method name -> (detector of the contract, settings): hsad_scale.detectors.base, fitted and
+#: scored on the scene in memory (deterministic: one run).
+CONTRACT_METHODS: dict[str, tuple[str, dict | None]] = {
+    "utd": ("utd", None),
+    "rxd-utd": ("rxd-utd", None),
+    "local-rx": ("local-rx", None),
+    "local-rx-3-11": ("local-rx", {"inner": 3, "outer": 11}),
+    "local-rx-localcov": ("local-rx", {"covariance": "local"}),
+    "cluster-rx": ("cluster-rx", None),
+}
+for _name in CONTRACT_METHODS:
+    METHODS[_name] = (None, None)
 DEFAULT_METHODS = ["rx", "study-ae-mse", "study-ae-sam", "study-ae-resid-mahal", "study-vae-latent-mahal",
                    "default-ae", "default-vae"]
 
@@ -94,6 +108,14 @@ def run_scene(name: str, methods: list[str], seeds: int, data: Path = DATA, log=
         t0 = time.perf_counter()
         auc, tpr = evaluate(labels, score_rx(fit_rx(pixels), pixels))
         out["rx"].update(auc=[auc], tpr=[tpr], seconds=time.perf_counter() - t0)
+    for m in (m for m in methods if m in CONTRACT_METHODS):
+        from hsad_scale.detectors import base
+
+        t0 = time.perf_counter()
+        method, settings = CONTRACT_METHODS[m]
+        scores = base.make(method, settings).fit(pixels).score_image(cube.transpose(2, 0, 1))
+        auc, tpr = evaluate(labels, scores.reshape(-1))
+        out[m].update(auc=[auc], tpr=[tpr], seconds=time.perf_counter() - t0)
     by_preset: dict[str, list[str]] = {}
     for m in methods:
         preset, _ = METHODS[m]

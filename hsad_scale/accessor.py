@@ -27,26 +27,35 @@ import xarray as xr
 
 from hsad_scale.errors import InputError
 
-METHODS = ("rx", "ae", "vae")
+from hsad_scale.detectors import METHODS  # noqa: E402  (names only: imports no detector)
 # as in hsad_scale.cube (not imported here: keeps `import hsad_scale` light)
 CUBE, GROUND_TRUTH, DEFAULT_CHUNK = "cube", "ground_truth", 256
 
 
 @dataclass
 class Fitted:
-    """A fitted detector, as :meth:`HsadAccessor.fit` returns it: RX background statistics
-    and their whitening, or the trained AE/VAE models of each run with their training sample."""
+    """A fitted detector, as :meth:`HsadAccessor.fit` returns it: the detector of the contract
+    (:mod:`hsad_scale.detectors.base`) and, for reading, RX's background statistics and
+    whitening, or the trained AE/VAE models of each run with their training sample."""
 
     method: str
     models: list
     sample: np.ndarray | None = None
     stats: object = None
     details: dict = field(default_factory=dict)
+    detector: object = None
 
     @property
     def model(self):
-        """The first (or only) model: RX's whitener, or the first AE/VAE run."""
+        """The first (or only) model: RX's whitener, the first AE/VAE run, else the detector."""
         return self.models[0]
+
+    @classmethod
+    def from_detector(cls, det) -> "Fitted":
+        if det.needs_torch:
+            return cls(det.method, det.models, det.sample, details=det.describe(), detector=det)
+        models = [det.whitener] if det.method == "rx" else [det]
+        return cls(det.method, models, stats=getattr(det, "stats", None), details=det.describe(), detector=det)
 
 
 def _default_client():
@@ -113,39 +122,37 @@ class HsadAccessor:
     # ---- detectors
     def fit(self, method: str = "ae", *, preset: str | None = None, config_file: str | None = None,
             repeats: int = 1, device: str = "auto", client=None, model=None, **settings) -> Fitted:
-        """Fit a detector the way ``hsad detect`` does (computes). RX: background statistics
-        (:func:`hsad_scale.pipeline.fit_rx`; ``model``: saved ``rx_stats.npz``, run folder, or a
-        :class:`~hsad_scale.stats.BackgroundStats`). AE/VAE: ``repeats`` trainings with seeds
-        ``seed..seed+repeats-1`` (:func:`hsad_scale.learned.train_runs`) on ``client`` (default:
-        the current Dask client, else this process); settings: ``preset``, ``config_file`` and
-        ``key=value`` overrides of the preset (``epochs=5, latent=8``); ``model``: a saved model
-        folder (RUN_DIR/model), loaded instead of training."""
-        from hsad_scale import learned, pipeline
-        from hsad_scale.stats import BackgroundStats, whitener
+        """Fit a detector the way ``hsad detect`` does (computes), through
+        :func:`hsad_scale.fitting.fit_detector`: ``method`` any of
+        :data:`hsad_scale.detectors.METHODS`; settings: ``preset`` (AE/VAE), ``config_file`` and
+        ``key=value`` settings (``epochs=5, latent=8``; ``inner=3, outer=15`` for local-rx).
+        AE/VAE: ``repeats`` trainings with seeds ``seed..seed+repeats-1`` on ``client`` (default:
+        the current Dask client, else this process). ``model``: a saved model (RUN_DIR/model, a
+        model folder, ``rx_stats.npz``; it must hold ``method``) loaded instead of fitting, or
+        RX's :class:`~hsad_scale.stats.BackgroundStats`."""
+        from hsad_scale import fitting
+        from hsad_scale.detectors import base
+        from hsad_scale.stats import BackgroundStats
 
         if method not in METHODS:
             raise InputError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
         cube = self.cube
-        if method == "rx":
-            if settings or preset or config_file:
-                raise InputError("RX takes no settings")
-            if isinstance(model, BackgroundStats):
-                stats, white = model, whitener(model)
-            else:
-                stats, white = pipeline.fit_rx(cube, model)
-            return Fitted("rx", [white], stats=stats, details={"background": {"pixels": stats.count, **white.describe()}})
+        if model is not None and (settings or preset or config_file):
+            raise InputError(f"settings ({', '.join(settings) or 'preset/config_file'}) apply to fitting, "
+                             "not to a saved model")
+        if isinstance(model, BackgroundStats):
+            if method != "rx":
+                raise InputError(f"background statistics are an RX model, not {method.upper()}")
+            det = base.make("rx")
+            det.set_stats(model)
+            return Fitted.from_detector(det)
         if model is not None:
-            models = learned.load_models(model)
-            config = models[0].config
-            sample = learned.sample_pixels(cube, config.max_train_pixels, seed=config.seed)
-            return Fitted(method, models, sample, details={"config": config.to_dict()})
+            return Fitted.from_detector(fitting.fit_detector(cube, method, model=model))
         overrides = [f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in settings.items()]
-        config = learned.resolve_config(method, preset, config_file, overrides)
+        resolved = base.resolve_settings(method, preset, config_file, overrides)
         client = client if client is not None else _default_client()
-        scaling, pixels = learned.scaling_and_sample(cube, config)
-        models, sample, workers = learned.train_runs(client, cube, config, repeats, scaling, device, pixels=pixels)
-        return Fitted(method, models, sample, details={"config": config.to_dict(), "train_workers": workers,
-                                                       "training": [m.history for m in models]})
+        det = fitting.fit_detector(cube, method, resolved, client=client, repeats=repeats, device=device)
+        return Fitted.from_detector(det)
 
     def rx(self, model=None) -> xr.DataArray:
         """Lazy RX map ``(y, x)`` float32 (squared Mahalanobis distance to the background), with
@@ -160,19 +167,17 @@ class HsadAccessor:
         for AE/VAE also ``score_runs`` ``(run, y, x)`` and ``score_<metric>`` for each further
         metric (:func:`hsad_scale.learned.learned_scores`). Fits first (see :meth:`fit`, which
         takes the same settings) unless ``model`` is a :class:`Fitted` (or a saved model)."""
-        from hsad_scale import learned, pipeline
+        from hsad_scale import fitting
 
         if isinstance(model, Fitted) and settings:
             raise InputError(f"settings ({', '.join(settings)}) apply to fitting, not to a fitted model")
         fitted = model if isinstance(model, Fitted) else self.fit(method, model=model, **settings)
         if fitted.method != method:
             raise InputError(f"the fitted model is {fitted.method.upper()}, not {method.upper()}")
-        cube = self.cube
-        if method == "rx":
-            scores = pipeline.rx_scores(cube, fitted.model)
-        else:
-            metrics = tuple([metrics] if isinstance(metrics, str) else metrics or (fitted.model.config.metric,))
-            scores, _ = learned.learned_scores(cube, fitted.models, metrics, fitted.sample, ensemble)
+        if fitted.detector is None:
+            raise InputError("this Fitted holds no detector: make it with fit()")
+        metrics = [metrics] if isinstance(metrics, str) else metrics
+        scores, _ = fitting.score_detector(self.cube, fitted.detector, metrics=metrics, ensemble=ensemble)
         return self._georeference(scores)
 
     # ---- evaluation
@@ -268,8 +273,8 @@ class HsadAccessor:
         """:func:`hsad_scale.report.latent_figure` of an AE/VAE run's latent space, anomalies highlighted."""
         from hsad_scale import report
 
-        if fitted.method == "rx":
-            raise InputError("RX has no latent space")
+        if fitted.method not in ("ae", "vae"):
+            raise InputError(f"{fitted.method.upper()} has no latent space")
         return report.latent_figure(fitted.models[run], self._dataset(), fitted.sample, **kwargs)
 
 

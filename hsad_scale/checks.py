@@ -40,8 +40,8 @@ def check_metrics(method: str, metrics: tuple | None) -> None:
     joint-mahal; VAE the same set); RX has one score and takes none."""
     if not metrics:
         return
-    if method == "rx":
-        raise InputError("--metric applies to the AE/VAE; RX has one score (its Mahalanobis distance)")
+    if method not in ("ae", "vae"):
+        raise InputError(f"--metric applies to the AE/VAE; {method.upper()} has one score")
     from hsad_scale.detectors.ae_config import AE_METRICS, VAE_METRICS
 
     allowed = VAE_METRICS if method == "vae" else AE_METRICS
@@ -120,16 +120,16 @@ def _run_number(name: str) -> int:
 
 
 def saved_method(path: str | Path) -> str:
-    """The detector a saved model is for: ``rx`` (``rx_stats.npz``) or the ``kind`` of the
-    AE/VAE in its ``model.json`` (a run folder, its ``model/`` or one model folder)."""
-    path = Path(path)
-    for folder in (path, path / "model"):
-        if folder.is_file() or (folder / "rx_stats.npz").is_file():
-            return "rx"
-        for model_json in [folder / "model.json", *sorted(folder.glob("run-*/model.json"))][:2]:
+    """The detector a saved model is for (the lookup of :mod:`hsad_scale.detectors.saved`:
+    ``detector.json``, ``rx_stats.npz``, or the ``kind`` in an AE/VAE ``model.json``)."""
+    from hsad_scale.detectors.saved import model_folder
+
+    folder, method, _ = model_folder(path)
+    if method in ("ae", "vae"):  # the model.json read again, strictly
+        for model_json in [folder / "model.json", *sorted(folder.glob("run-*/model.json"))][:1]:
             if model_json.is_file():
-                return read_model_json(model_json)["config"]["kind"]
-    raise InputError(f"no saved model in {path} (expected rx_stats.npz, model.json or run-*/model.json)")
+                read_model_json(model_json)
+    return method
 
 
 def read_model_json(path: Path) -> dict:
@@ -182,8 +182,14 @@ def check_saved_model(path: str | Path, bands: int) -> None:
     (present, header consistent, as many parameters as the settings give)."""
     from hsad_scale.detectors.ae_config import FORMAT_VERSION, config_from_dict
 
-    if saved_method(path) == "rx":
+    method = saved_method(path)
+    if method == "rx":
         return check_rx_stats(path, bands)
+    if method not in ("ae", "vae"):  # the other statistical detectors: their saved statistics
+        from hsad_scale.detectors.saved import load_detector
+        from hsad_scale.fitting import check_bands
+
+        return check_bands(load_detector(path, method), _Shape(bands))
     for folder in saved_model_folders(path):
         meta = read_model_json(folder / "model.json")
         if meta.get("format_version") != FORMAT_VERSION:
@@ -225,6 +231,13 @@ def check_rx_stats(path: str | Path, bands: int) -> None:
         raise InputError(f"{found[0]} holds no RX statistics: {exc}") from None
     if stats.n_features != bands:
         raise InputError(f"saved statistics have {stats.n_features} bands, the cube has {bands}")
+
+
+class _Shape:
+    """What :func:`hsad_scale.fitting.check_bands` reads of a cube: its band count."""
+
+    def __init__(self, bands: int):
+        self.sizes = {"band": bands}
 
 
 def cube_store_shape(path: str | Path) -> tuple[int, ...] | None:

@@ -36,13 +36,19 @@ def _check_detect(args) -> None:
         raise InputError(f"--repeats must be at least 1, got {args.repeats}")
     if args.chunk < 1:
         raise InputError(f"--chunk must be positive, got {args.chunk}")
-    method = args.method or (checks.saved_method(args.model) if args.model else "rx")
+    if args.model:  # the saved model's detector; another --method is refused (exit 2)
+        from hsad_scale.detectors.saved import check_method
+
+        args.method = check_method(args.model, args.method)
+    method = args.method = args.method or "rx"
     checks.check_metrics(method, _metrics(args))
     config = None
-    if method in ("ae", "vae") and not args.model:
-        from hsad_scale.detectors.ae_config import resolve_config
+    if not args.model:  # the detector's settings (AE/VAE: without importing PyTorch)
+        from hsad_scale.detectors import LEARNED_METHODS
+        from hsad_scale.detectors.base import resolve_settings
 
-        config = resolve_config(method, args.preset, args.config, tuple(args.set or ()))
+        settings = resolve_settings(method, args.preset, args.config, tuple(args.set or ()))
+        config = settings if method in LEARNED_METHODS else None
     shape = None if locations.is_url(args.src) else checks.cube_store_shape(args.src)
     if shape is not None:  # a cube store: its metadata gives the shape (a scene file's, after ingest)
         checks.check_detect_inputs(method, _metrics(args), config, args.model, shape)
@@ -54,17 +60,14 @@ def _metrics(args) -> tuple | None:
 
 def _detect(args) -> None:
     from hsad_scale import cluster
+    from hsad_scale.detectors import LEARNED_METHODS
 
-    _check_detect(args)  # bad input fails before anything starts
+    _check_detect(args)  # bad input fails before anything starts; the method is now known (a saved model's)
     if cluster.local_cluster_wanted(args.dask_address):
-        # the workers' modules load in the background while this process imports its own (and
-        # while Prefect's API starts, with --flow)
-        cluster.start_worker_server(cluster.LEARNED_WORKER_MODULES if args.method in ("ae", "vae")
+        # the workers' modules (those of the method, the saved model's included) load in the
+        # background while this process imports its own (and while Prefect's API starts, with --flow)
+        cluster.start_worker_server(cluster.LEARNED_WORKER_MODULES if args.method in LEARNED_METHODS
                                     else cluster.WORKER_MODULES)
-    if args.method is None:  # the saved model's detector, else RX
-        from hsad_scale.pipeline import saved_method
-
-        args.method = saved_method(args.model) if args.model else "rx"
     if getattr(args, "flow", False):
         return _detect_flow(args)
     from hsad_scale.pipeline import DetectOptions, run_detect
@@ -297,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = HsadParser(prog="hsad", description="Hyperspectral anomaly detection at scale (RX, AE, VAE) on chunked Zarr cubes.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     parser.add_argument("--version", action="version", version=f"hsad {_version()}")
+    from hsad_scale.detectors import METHODS
+
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def source_layout(p):
@@ -334,13 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("detect", help="score every pixel of a scene and write maps, metrics and plots")
     p.add_argument("src", help="a cube store (.zarr) or any scene file that ingest reads")
-    p.add_argument("--method", choices=("rx", "ae", "vae"),
-                   help="detector (default: that of --model when given, else rx)")
+    p.add_argument("--method", choices=METHODS,
+                   help="detector (default: that of --model when given, else rx); see docs/detectors.md")
     p.add_argument("--out", required=True, help="run folder to create")
-    p.add_argument("--preset", help="AE/VAE settings preset: default-ae, default-vae, study-ae, study-ae-4l, study-vae")
-    p.add_argument("--config", help="YAML file of AE/VAE settings (may name a preset)")
+    p.add_argument("--preset", help="AE/VAE settings preset: default-ae, default-vae, study-ae, study-ae-4l, study-vae "
+                                    "(wins over a config file's preset:)")
+    p.add_argument("--config", help="YAML file of the detector's settings (AE/VAE: may name a preset)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override one AE/VAE setting, e.g. --set epochs=5 --set latent=8")
+                   help="one setting of the detector, e.g. --set epochs=5 (AE/VAE), --set outer=15 (local-rx), "
+                        "--set clusters=6 (cluster-rx)")
     p.add_argument("--metric", help="comma-separated AE/VAE scores to map (first one is `score`): "
                                     "resid-mahal, mse, sam, l1, latent-mahal, joint-mahal")
     p.add_argument("--repeats", type=int, default=1, help="AE/VAE trainings with seeds seed..seed+N-1 (default 1)")
@@ -405,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     def watch_options(p):
         p.add_argument("landing", help="landing location: a folder or an fsspec URL (s3://..., gs://...)")
         p.add_argument("--out", required=True, help="output location: a run folder per acquisition and ledger.json")
-        p.add_argument("--method", default="rx", choices=("rx", "ae", "vae"), help="detector (default rx)")
+        p.add_argument("--method", default="rx", choices=METHODS, help="detector (default rx)")
         p.add_argument("--preset", help="AE/VAE settings preset")
         p.add_argument("--config", help="YAML file of AE/VAE settings")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one AE/VAE setting")

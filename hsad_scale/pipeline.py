@@ -12,43 +12,39 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from hsad_scale import cluster, cube as cubes, evaluate, locations, outputs, plots, progress, report
+from hsad_scale import cluster, cube as cubes, evaluate, fitting, locations, outputs, plots, progress, report
 from hsad_scale.atomic import atomic_path, check_destination
+from hsad_scale.detectors import LEARNED_METHODS, METHODS, base as detector_base, saved as saved_models
 from hsad_scale.checks import check_detect_inputs, saved_method  # noqa: F401 (saved_method: re-exported)
 from hsad_scale.errors import InputError
 from hsad_scale.locations import absolute
-from hsad_scale.stats import BackgroundStats, whitener
-from hsad_scale.tiles import background_stats, map_roc_counts, score_map
+from hsad_scale.stats import BackgroundStats
+from hsad_scale.tiles import map_roc_counts, score_map
 
 ENSEMBLES = ("mean", "max")  # as hsad_scale.learned.ENSEMBLES (not imported here: it loads torch)
-
-
-def _learned():
-    """hsad_scale.learned, imported on first use so that RX runs never load PyTorch."""
-    from hsad_scale import learned
-
-    return learned
 
 
 def _start_importing_learned(options: DetectOptions) -> None:
     """Import hsad_scale.learned (PyTorch: ~1 s) in a background thread, for AE/VAE runs:
     called while the LocalCluster starts, when this process only waits for its workers.
-    :func:`_learned` then finds it imported (or waits on Python's import lock)."""
-    if options.method in ("ae", "vae"):
+    The detector then finds it imported (or waits on Python's import lock)."""
+    if options.method in LEARNED_METHODS:
         import importlib
         import threading
 
         threading.Thread(target=importlib.import_module, args=("hsad_scale.learned",), daemon=True,
                          name="import-hsad_scale.learned").start()
 
-METHODS = ("rx", "ae", "vae")
-
 
 @dataclass(frozen=True)
 class DetectOptions:
-    """What to run. ``settings``: ``key=value`` overrides of the AE/VAE preset; ``metrics``:
-    the scores to map (first = ``score``; default the preset's metric); ``model``: a saved
-    model (AE/VAE folder, or RX ``rx_stats.npz`` / run folder) applied without refitting."""
+    """What to run. ``method``: a registered detector (:data:`hsad_scale.detectors.METHODS`);
+    ``settings``: its ``key=value`` settings (over the AE/VAE preset, or the config file);
+    ``metrics``: the AE/VAE scores to map (first = ``score``; default the preset's metric);
+    ``model``: a saved model (a model or run folder, or ``rx_stats.npz``) applied without
+    refitting, which must be a model of ``method``. The detector's settings are resolved
+    once, here (:attr:`detector_settings`; None with a saved model), so bad input fails
+    before any work starts."""
 
     method: str = "rx"
     preset: str | None = None
@@ -74,6 +70,11 @@ class DetectOptions:
             raise InputError(f"unknown device {self.device!r}; choose from auto, cpu, cuda")
         if self.model is not None and not Path(self.model).exists():
             raise InputError(f"model {self.model} does not exist")
+        if self.model is not None:
+            saved_models.check_method(self.model, self.method)
+        settings = None if self.model else detector_base.resolve_settings(self.method, self.preset, self.config_file,
+                                                                           self.settings)
+        object.__setattr__(self, "detector_settings", settings)
         check_threshold_options(self.method, self.pfa, self.threshold)
 
 
@@ -146,22 +147,15 @@ def prepare_cube(src: str | Path, run_dir: Path, **ingest_options) -> Path | str
 
 
 def fit_rx(cube: xr.DataArray, saved: str | Path | None = None):
-    """RX background statistics (one Dask reduction, or loaded from ``saved``) and their whitening."""
-    stats = load_rx_stats(saved) if saved else background_stats(cube, name="rx-stats")
-    if stats.n_features != cube.sizes["band"]:
-        raise InputError(f"saved statistics have {stats.n_features} bands, the cube has {cube.sizes['band']}")
-    return stats, whitener(stats)
+    """RX background statistics (one Dask reduction, or loaded from ``saved``) and their
+    whitening: :func:`hsad_scale.fitting.fit_detector` for ``rx``."""
+    det = fitting.fit_detector(cube, "rx", model=saved)
+    return det.stats, det.whitener
 
 
 def load_rx_stats(path: str | Path) -> BackgroundStats:
-    path = Path(path)
-    for candidate in (path, path / "rx_stats.npz", path / "model" / "rx_stats.npz"):
-        if candidate.is_file():
-            try:
-                return BackgroundStats.load(candidate)
-            except (OSError, KeyError, ValueError) as exc:
-                raise InputError(f"{candidate} holds no RX statistics: {exc}") from None
-    raise InputError(f"no RX statistics (rx_stats.npz) found in {path}")
+    """RX statistics saved at ``path`` (``rx_stats.npz``, a model or run folder)."""
+    return saved_models.load_detector(path, "rx").stats
 
 
 def rx_scores(cube: xr.DataArray, model) -> xr.Dataset:
@@ -325,47 +319,23 @@ def write_detection_figures(run_dir: Path, scores: xr.Dataset, truth, title: str
 
 
 def learned_config(options: DetectOptions):
-    """The AE/VAE settings the options ask for (None for RX or a saved model)."""
-    if options.method == "rx" or options.model:
-        return None
-    from hsad_scale.detectors.ae_config import resolve_config  # no PyTorch yet: settings fail fast
-
-    return resolve_config(options.method, options.preset, options.config_file, options.settings)
+    """The AE/VAE settings the options ask for, resolved when they were built (None for the
+    other detectors or a saved model; theirs are :attr:`DetectOptions.detector_settings`)."""
+    return options.detector_settings if options.method in LEARNED_METHODS else None
 
 
 def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, client, stage: Stages):
-    """Fit the detector (or load it) and return (lazy score Dataset, details for run.json)."""
+    """Fit the detector (or load it) and return (lazy score Dataset, details for run.json):
+    :func:`hsad_scale.fitting.fit_detector` and :func:`~hsad_scale.fitting.score_detector`,
+    the fitted detector saved into ``run_dir/model``."""
     cube = cube_ds[cubes.CUBE]
     (run_dir / "model").mkdir()
-    if options.method == "rx":
-        stats, model = stage.run("rx-stats", fit_rx, cube, options.model)
-        stats.save(run_dir / "model" / "rx_stats.npz")
-        return rx_scores(cube, model), {"background": {"pixels": stats.count, **model.describe()}}
-    if options.model:
-        try:  # checked before the cluster started (checks.check_saved_model): this is a last guard
-            models = _learned().load_models(options.model)
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise InputError(f"the saved model {options.model} cannot be loaded: "
-                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
-        config, workers = models[0].config, []
-        sample = pixels = stage.run("sample", _learned().sample_pixels, cube, config.max_train_pixels,
-                                    seed=config.seed)
-    else:
-        config = learned_config(options)
-        scaling, pixels = stage.run("scaling-stats", _learned().scaling_and_sample, cube, config,
-                                    keep_on_cluster=True)
-        models, sample, workers = stage.run(f"train-{options.method}", _learned().train_runs, client, cube, config,
-                                            options.repeats, scaling, options.device, pixels=pixels)
-    for model in models:
-        model.save(run_dir / "model" / f"run-{model.config.seed}")
+    det = fitting.fit_detector(cube, options.method, options.detector_settings, model=options.model, client=client,
+                               repeats=options.repeats, device=options.device, stage=stage, keep_on_cluster=True)
+    det.save(run_dir / "model")
     if options.method == "vae":
-        stage.run("latent-plot", report.write_latent_plot, run_dir, models[0], cube_ds, sample)
-    metrics = options.metrics or (config.metric,)
-    scores, details = stage.run(f"{options.method}-feature-stats", _learned().learned_scores, cube, models, metrics,
-                                sample, options.ensemble)
-    details.update(config=config.to_dict(), training_pixels=int(len(pixels)), train_workers=workers,
-                   training=[m.history for m in models])
-    return scores, details
+        stage.run("latent-plot", report.write_latent_plot, run_dir, det.models[0], cube_ds, det.sample)
+    return fitting.score_detector(cube, det, metrics=options.metrics, ensemble=options.ensemble, stage=stage)
 
 
 def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: bool = False,
@@ -384,7 +354,6 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
     out = locations.check_destination(out, overwrite)  # a URL: written locally, then published
     if not locations.exists(src):
         raise InputError(f"{src} does not exist")
-    learned_config(options)  # bad settings fail before any work starts
     stage = stage if stage is not None else Stages(quiet=quiet)
     with contextlib.ExitStack() as stack:
         local_out = stack.enter_context(locations.staged(out, overwrite)) if locations.is_url(out) else out

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from hsad_scale import cube as cubes, evaluate, learned, outputs, plots, report
+from hsad_scale import cube as cubes, evaluate, fitting, learned, outputs, plots, report
 from hsad_scale.detectors import autoencoder as ae
 from hsad_scale.errors import InputError
 
@@ -195,9 +195,9 @@ def run_trial(cube_path, spec: SweepSpec, setting: Setting, repeat: int, device:
         if cubes.GROUND_TRUTH not in ds:
             raise InputError(f"{cube_path} has no ground truth")
         cube = ds[cubes.CUBE]
-        scaling, pixels = learned.scaling_and_sample(cube, config)
-        models, sample, workers = learned.train_runs(None, cube, config, 1, scaling, device, pixels=pixels)
-        scores, _ = learned.learned_scores(cube, models, (config.metric,), sample)
+        det = fitting.fit_detector(cube, spec.method, config, client=None, repeats=1, device=device)
+        scores, _ = fitting.score_detector(cube, det, metrics=(config.metric,))
+        models, workers = det.models, det.workers
         score = scores["score_runs"].isel(run=0).values
     truth = ds[cubes.GROUND_TRUTH].values
     figures, (fpr, tpr) = evaluate.metrics_and_roc(score, truth)

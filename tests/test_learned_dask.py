@@ -97,7 +97,8 @@ def test_detect_ae_with_repeats_writes_runs_ensemble_and_models(small_cube, tmp_
     assert len(metrics["averaged_roc"]["tpr_mean"]) == len(metrics["averaged_roc"]["fpr"])
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["epochs"] == 1 and run["training_pixels"] == 64 * 48
-    assert sorted(p.name for p in (out / "model").iterdir()) == ["run-0", "run-1"]
+    assert sorted(p.name for p in (out / "model").iterdir()) == ["detector.json", "run-0", "run-1"]
+    assert json.loads((out / "model" / "detector.json").read_text())["method"] == "ae"
 
     # the saved models score the same cube identically without retraining (method read from the model)
     again = tmp_path / "again"
@@ -152,8 +153,11 @@ def test_saved_method_names_the_detector_of_a_saved_model(tmp_path, capsys):
     (tmp_path / "rx" / "model").mkdir(parents=True)
     BackgroundStats.from_pixels(np.random.default_rng(0).normal(size=(50, 3))).save(tmp_path / "rx" / "model" / "rx_stats.npz")
     assert saved_method(tmp_path / "rx") == "rx"
+    (tmp_path / "empty").mkdir()
     assert main(["detect", str(tmp_path / "rx"), "--model", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "no saved model" in capsys.readouterr().err
+    assert main(["detect", str(tmp_path / "rx"), "--model", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("scaling", ["standardise", "band-minmax", "global-minmax"])

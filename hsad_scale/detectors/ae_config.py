@@ -11,11 +11,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import yaml
 
 from hsad_scale.errors import InputError
 from hsad_scale.stats import BackgroundStats  # noqa: F401  (annotations)
@@ -379,29 +377,14 @@ DEFAULT_PRESET = {"ae": "default-ae", "vae": "default-vae"}
 
 def resolve_config(method: str, preset: str | None = None, config_file: str | None = None,
                    overrides: list[str] | tuple = ()) -> AEConfig | VAEConfig:
-    """Settings of a learned detector: a preset (default ``default-<method>``), then a YAML
-    file's keys (optionally with its own ``preset:``), then ``key=value`` overrides."""
-    values: dict = {}
-    if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise InputError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except UnicodeDecodeError as exc:
-            raise InputError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-        except yaml.YAMLError as exc:
-            raise InputError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(loaded, dict):
-            raise InputError(f"config file {path} must hold a mapping of settings")
-        preset = loaded.pop("preset", None) or preset
-        values.update(loaded.get("settings", loaded))
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"--set expects key=value, got {item!r}")
-        values[key.strip()] = yaml.safe_load(text)
-    preset = preset or DEFAULT_PRESET[method]
+    """Settings of a learned detector: a preset (``preset``, else the YAML file's ``preset:``,
+    else ``default-<method>``: the command line wins over the file), then the file's keys,
+    then ``key=value`` overrides."""
+    from hsad_scale.detectors.base import config_file_values, override_values
+
+    file_preset, values = config_file_values(config_file)
+    values.update(override_values(overrides))
+    preset = preset or file_preset or DEFAULT_PRESET[method]
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     base = PRESETS[preset]
