@@ -121,7 +121,8 @@ class HsadAccessor:
 
     # ---- detectors
     def fit(self, method: str = "ae", *, preset: str | None = None, config_file: str | None = None,
-            repeats: int = 1, device: str = "auto", client=None, model=None, **settings) -> Fitted:
+            repeats: int = 1, device: str = "auto", client=None, model=None, background_mask=None,
+            **settings) -> Fitted:
         """Fit a detector the way ``hsad detect`` does (computes), through
         :func:`hsad_scale.fitting.fit_detector`: ``method`` any of
         :data:`hsad_scale.detectors.METHODS`; settings: ``preset`` (AE/VAE), ``config_file`` and
@@ -129,7 +130,10 @@ class HsadAccessor:
         AE/VAE: ``repeats`` trainings with seeds ``seed..seed+repeats-1`` on ``client`` (default:
         the current Dask client, else this process). ``model``: a saved model (RUN_DIR/model, a
         model folder, ``rx_stats.npz``; it must hold ``method``) loaded instead of fitting, or
-        RX's :class:`~hsad_scale.stats.BackgroundStats`."""
+        RX's :class:`~hsad_scale.stats.BackgroundStats`. ``background_mask``: a path (GeoTIFF,
+        .npy), array or DataArray ``(y, x)`` on the cube's grid, nonzero = background: the
+        statistics of the statistical detectors come from those pixels only (``hsad detect
+        --background-mask``, :mod:`hsad_scale.background_mask`); every pixel is still scored."""
         from hsad_scale import fitting
         from hsad_scale.detectors import base
         from hsad_scale.stats import BackgroundStats
@@ -140,6 +144,8 @@ class HsadAccessor:
         if model is not None and (settings or preset or config_file):
             raise InputError(f"settings ({', '.join(settings) or 'preset/config_file'}) apply to fitting, "
                              "not to a saved model")
+        if background_mask is not None:
+            fitting.check_mask_method(method, model)
         if isinstance(model, BackgroundStats):
             if method != "rx":
                 raise InputError(f"background statistics are an RX model, not {method.upper()}")
@@ -151,7 +157,8 @@ class HsadAccessor:
         overrides = [f"{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}" for k, v in settings.items()]
         resolved = base.resolve_settings(method, preset, config_file, overrides)
         client = client if client is not None else _default_client()
-        det = fitting.fit_detector(cube, method, resolved, client=client, repeats=repeats, device=device)
+        det = fitting.fit_detector(cube, method, resolved, client=client, repeats=repeats, device=device,
+                                   background_mask=background_mask)
         return Fitted.from_detector(det)
 
     def rx(self, model=None) -> xr.DataArray:

@@ -49,9 +49,27 @@ def _check_detect(args) -> None:
 
         settings = resolve_settings(method, args.preset, args.config, tuple(args.set or ()))
         config = settings if method in LEARNED_METHODS else None
+    mask = _background_mask(args, method)
     shape = None if locations.is_url(args.src) else checks.cube_store_shape(args.src)
     if shape is not None:  # a cube store: its metadata gives the shape (a scene file's, after ingest)
         checks.check_detect_inputs(method, _metrics(args), config, args.model, shape)
+        if mask is not None:
+            from hsad_scale.background_mask import check_shape
+
+            check_shape(mask, tuple(shape)[-2:])
+
+
+def _background_mask(args, method: str):
+    """The ``--background-mask`` read and checked (a statistical detector, no saved model), or None."""
+    if not getattr(args, "background_mask", None):
+        return None
+    from hsad_scale import fitting
+    from hsad_scale.background_mask import read_mask
+
+    if getattr(args, "flow", False):
+        raise InputError("--background-mask is not passed to the detect flow yet: run without --flow")
+    fitting.check_mask_method(method, args.model)
+    return read_mask(args.background_mask)
 
 
 def _metrics(args) -> tuple | None:
@@ -76,7 +94,8 @@ def _detect(args) -> None:
     options = DetectOptions(method=args.method, preset=args.preset, config_file=args.config,
                             settings=tuple(args.set or ()), metrics=metrics, repeats=args.repeats,
                             ensemble=args.ensemble, device=args.device, model=args.model, pfa=args.pfa,
-                            threshold=args.threshold, normalise=args.normalise)
+                            threshold=args.threshold, normalise=args.normalise,
+                            background_mask=args.background_mask)
     ingest_options = dict(gt=args.gt, cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk,
                           band_axis=args.band_axis, drop_bands=args.drop_bands, swath=args.swath)
     run_detect(args.src, args.out, options, overwrite=args.overwrite, dask_address=args.dask_address,
@@ -355,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="combine repeated runs' robustly normalised maps by mean (default) or maximum")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="training device (default auto)")
     p.add_argument("--model", help="apply a saved model (RUN_DIR/model, a model folder, or rx_stats.npz) without refitting")
+    p.add_argument("--background-mask", metavar="FILE",
+                   help="single-band GeoTIFF or .npy on the scene's grid (nonzero = background): the statistics of "
+                        "rx, utd, rxd-utd, local-rx and cluster-rx come from those pixels only; every pixel is scored")
     p.add_argument("--dask-address", default=os.environ.get("HSAD_DASK_ADDRESS"),
                    help="scheduler of an existing Dask cluster (default: a LocalCluster; env HSAD_DASK_ADDRESS)")
     p.add_argument("--dashboard-address", metavar="HOST:PORT",

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from hsad_scale import background_mask as background_masks
 from hsad_scale import cluster, cube as cubes, evaluate, fitting, locations, outputs, plots, progress, report
 from hsad_scale.atomic import atomic_path, check_destination
 from hsad_scale.detectors import LEARNED_METHODS, METHODS, base as detector_base, saved as saved_models
@@ -58,6 +59,7 @@ class DetectOptions:
     pfa: float = 1e-3  # hsad_scale.detections.DEFAULT_PFA (its docstring gives the reason)
     threshold: str = "empirical"
     normalise: bool = False
+    background_mask: str | None = None  # hsad_scale.background_mask: the statistics' region
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -76,6 +78,9 @@ class DetectOptions:
                                                                            self.settings)
         object.__setattr__(self, "detector_settings", settings)
         check_threshold_options(self.method, self.pfa, self.threshold)
+        if self.background_mask is not None:
+            fitting.check_mask_method(self.method, self.model)
+            background_masks.read_mask(self.background_mask)  # readable, 2-D, not empty (its shape: run_detect)
 
 
 def check_threshold_options(method: str, pfa: float, rule: str) -> None:
@@ -324,18 +329,26 @@ def learned_config(options: DetectOptions):
     return options.detector_settings if options.method in LEARNED_METHODS else None
 
 
-def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, client, stage: Stages):
+def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, client, stage: Stages,
+                  background_mask=None):
     """Fit the detector (or load it) and return (lazy score Dataset, details for run.json):
     :func:`hsad_scale.fitting.fit_detector` and :func:`~hsad_scale.fitting.score_detector`,
-    the fitted detector saved into ``run_dir/model``."""
+    the fitted detector saved into ``run_dir/model``. ``background_mask``: ``(y, x)`` bool
+    (read from ``options.background_mask`` when None and the options name one)."""
     cube = cube_ds[cubes.CUBE]
+    if background_mask is None and options.background_mask is not None:
+        background_mask = background_masks.as_mask(options.background_mask, (cube.sizes["y"], cube.sizes["x"]))
     (run_dir / "model").mkdir()
     det = fitting.fit_detector(cube, options.method, options.detector_settings, model=options.model, client=client,
-                               repeats=options.repeats, device=options.device, stage=stage, keep_on_cluster=True)
+                               repeats=options.repeats, device=options.device, stage=stage, keep_on_cluster=True,
+                               background_mask=background_mask)
     det.save(run_dir / "model")
     if options.method == "vae":
         stage.run("latent-plot", report.write_latent_plot, run_dir, det.models[0], cube_ds, det.sample)
-    return fitting.score_detector(cube, det, metrics=options.metrics, ensemble=options.ensemble, stage=stage)
+    scores, details = fitting.score_detector(cube, det, metrics=options.metrics, ensemble=options.ensemble, stage=stage)
+    if background_mask is not None:
+        details["background_mask"] = background_masks.describe(options.background_mask, background_mask)
+    return scores, details
 
 
 def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: bool = False,
@@ -350,6 +363,8 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
     src, out = absolute(src), absolute(out)  # the task graphs run in other working directories
     if options.model:
         options = replace(options, model=str(absolute(options.model)))
+    if options.background_mask:
+        options = replace(options, background_mask=str(absolute(options.background_mask)))
     ingest_options = {k: absolute(v) if k == "gt" else v for k, v in (ingest_options or {}).items()}
     out = locations.check_destination(out, overwrite)  # a URL: written locally, then published
     if not locations.exists(src):
@@ -367,6 +382,8 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         # the scene's size, the network against memory, a saved model against the bands: before any cluster
         check_detect_inputs(options.method, options.metrics, learned_config(options), options.model,
                             tuple(cube_ds[cubes.CUBE].shape))
+        mask = None if options.background_mask is None else background_masks.as_mask(
+            options.background_mask, (cube_ds.sizes["y"], cube_ds.sizes["x"]))
         if client is None:
             _start_importing_learned(options)
             client = stack.enter_context(cluster.dask_client(dask_address, dashboard_address=dashboard_address))
@@ -374,7 +391,7 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         link = cluster.dashboard_link(client)
         if link and not quiet:
             print(f"[hsad] Dask dashboard: {link}", file=sys.stderr)
-        lazy_scores, details = fit_and_score(cube_ds, options, tmp, client, stage)
+        lazy_scores, details = fit_and_score(cube_ds, options, tmp, client, stage, background_mask=mask)
         grid_ds, lazy_scores = cubes.on_output_grid(cube_ds, lazy_scores)  # EMIT: through the GLT
         scores = stage.run("score", write_score_store, tmp, grid_ds, lazy_scores, client)
         details["scores_tif"] = stage.run("geotiff", write_geotiff, tmp, grid_ds, scores, options.normalise)
