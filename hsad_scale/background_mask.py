@@ -4,8 +4,11 @@ covariance, cluster RX's k-means sample and classes) to its pixels; every pixel 
 scored. ArcGIS's "Detect Image Anomalies" offers the same (a background region).
 
 A mask file is a single-band GeoTIFF (``.tif``/``.tiff``) or a ``.npy`` array ``(y, x)`` of
-the cube's spatial shape: nonzero (and finite) = a background pixel. The AE/VAE are not
-restricted (statistical detectors only).
+the cube's spatial shape: nonzero (and finite) = a background pixel; or polygons (GeoJSON,
+GeoPackage, Shapefile, GeoParquet) in the scene's CRS (reprojected when the file names
+another), burnt onto the cube's grid by :func:`rasterio.features.rasterize` (a pixel is
+background when its centre is inside a polygon). The AE/VAE are not restricted (statistical
+detectors only).
 """
 
 from __future__ import annotations
@@ -15,6 +18,54 @@ from pathlib import Path
 import numpy as np
 
 from hsad_scale.errors import InputError
+
+
+#: Suffixes of polygon files (read with geopandas).
+POLYGON_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".parquet")
+
+
+def is_polygons(path) -> bool:
+    return isinstance(path, (str, Path)) and Path(path).suffix.lower() in POLYGON_SUFFIXES
+
+
+def check_file(path: str | Path) -> np.ndarray | None:
+    """What can be checked of a mask file before the cube is read: the raster mask
+    (:func:`read_mask`), or None for a polygon file (it needs the cube's grid); InputError
+    for a missing file."""
+    if is_polygons(path):
+        if not Path(path).is_file():
+            raise InputError(f"background mask {path} does not exist")
+        return None
+    return read_mask(path)
+
+
+def rasterize_polygons(path: str | Path, cube) -> np.ndarray:
+    """``(y, x)`` bool: the pixels of ``cube`` (DataArray with a CRS and transform, rioxarray)
+    whose centres lie inside the polygons of ``path``. InputError for a cube without a CRS,
+    an unreadable file, no polygon or no pixel inside."""
+    import geopandas
+    import rioxarray  # noqa: F401  (the .rio accessor)
+    from rasterio.features import rasterize
+
+    p = Path(path)
+    if cube.rio.crs is None:
+        raise InputError(f"background mask {p.name}: polygons need a georeferenced cube (this one has no CRS): "
+                         "give a raster mask (GeoTIFF or .npy) instead")
+    try:
+        frame = geopandas.read_parquet(p) if p.suffix.lower() == ".parquet" else geopandas.read_file(p)
+    except Exception as exc:
+        raise InputError(f"background mask {p} is not a readable polygon file: {str(exc).splitlines()[0]}") from None
+    if frame.crs is not None and frame.crs != cube.rio.crs:
+        frame = frame.to_crs(cube.rio.crs)
+    shapes = [g for g in frame.geometry if g is not None and not g.is_empty and g.geom_type in ("Polygon",
+                                                                                                  "MultiPolygon")]
+    if not shapes:
+        raise InputError(f"background mask {p} holds no polygon")
+    mask = rasterize(shapes, out_shape=(cube.sizes["y"], cube.sizes["x"]), transform=cube.rio.transform(),
+                     fill=0, default_value=1, dtype="uint8").astype(bool)
+    if not mask.any():
+        raise InputError(f"background mask {p}: no pixel centre of the scene lies inside its polygons")
+    return mask
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -59,10 +110,14 @@ def check_shape(mask: np.ndarray, shape_yx: tuple, source: str = "background mas
         raise InputError(f"{source} has shape {tuple(mask.shape)}, the cube's (y, x) is {tuple(shape_yx)}")
 
 
-def as_mask(mask, shape_yx: tuple) -> np.ndarray:
+def as_mask(mask, shape_yx: tuple, cube=None) -> np.ndarray:
     """``mask`` (a path, an array or a DataArray ``(y, x)``) as bool ``(y, x)`` of the cube's
-    shape ``shape_yx``; InputError otherwise."""
-    if isinstance(mask, (str, Path)):
+    shape ``shape_yx`` (a polygon file: rasterised on ``cube``'s grid); InputError otherwise."""
+    if is_polygons(mask):
+        if cube is None:
+            raise InputError("a polygon background mask needs the cube's grid")
+        out = rasterize_polygons(mask, cube)
+    elif isinstance(mask, (str, Path)):
         out = read_mask(mask)
     else:
         values = np.asarray(getattr(mask, "values", mask))

@@ -64,12 +64,12 @@ def _background_mask(args, method: str):
     if not getattr(args, "background_mask", None):
         return None
     from hsad_scale import fitting
-    from hsad_scale.background_mask import read_mask
+    from hsad_scale.background_mask import check_file
 
     if getattr(args, "flow", False):
         raise InputError("--background-mask is not passed to the detect flow yet: run without --flow")
     fitting.check_mask_method(method, args.model)
-    return read_mask(args.background_mask)
+    return check_file(args.background_mask)  # None for polygons: rasterised on the cube's grid later
 
 
 def _metrics(args) -> tuple | None:
@@ -375,7 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="training device (default auto)")
     p.add_argument("--model", help="apply a saved model (RUN_DIR/model, a model folder, or rx_stats.npz) without refitting")
     p.add_argument("--background-mask", metavar="FILE",
-                   help="single-band GeoTIFF or .npy on the scene's grid (nonzero = background): the statistics of "
+                   help="single-band GeoTIFF or .npy on the scene's grid (nonzero = background), or polygons "
+                        "(.geojson, .gpkg, .shp, .parquet) in the scene's CRS: the statistics of "
                         "rx, utd, rxd-utd, local-rx and cluster-rx come from those pixels only; every pixel is scored")
     p.add_argument("--dask-address", default=os.environ.get("HSAD_DASK_ADDRESS"),
                    help="scheduler of an existing Dask cluster (default: a LocalCluster; env HSAD_DASK_ADDRESS)")

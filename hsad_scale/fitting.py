@@ -26,7 +26,7 @@ def fit_detector(cube, method: str, settings=None, *, model=None, client=None, r
         from hsad_scale import background_mask as masks
 
         check_mask_method(method, model)
-        cube = masks.restrict(cube, masks.as_mask(background_mask, (cube.sizes["y"], cube.sizes["x"])))
+        cube = masks.restrict(cube, masks.as_mask(background_mask, (cube.sizes["y"], cube.sizes["x"]), cube))
     if model is not None:
         name = cls.fit_stage if not cls.needs_torch else "load-model"
         det = stage.run(name, saved.load_detector, model, method)

@@ -80,7 +80,7 @@ class DetectOptions:
         check_threshold_options(self.method, self.pfa, self.threshold)
         if self.background_mask is not None:
             fitting.check_mask_method(self.method, self.model)
-            background_masks.read_mask(self.background_mask)  # readable, 2-D, not empty (its shape: run_detect)
+            background_masks.check_file(self.background_mask)  # readable, 2-D, not empty (its shape: run_detect)
 
 
 def check_threshold_options(method: str, pfa: float, rule: str) -> None:
@@ -337,7 +337,7 @@ def fit_and_score(cube_ds: xr.Dataset, options: DetectOptions, run_dir: Path, cl
     (read from ``options.background_mask`` when None and the options name one)."""
     cube = cube_ds[cubes.CUBE]
     if background_mask is None and options.background_mask is not None:
-        background_mask = background_masks.as_mask(options.background_mask, (cube.sizes["y"], cube.sizes["x"]))
+        background_mask = background_masks.as_mask(options.background_mask, (cube.sizes["y"], cube.sizes["x"]), cube)
     (run_dir / "model").mkdir()
     det = fitting.fit_detector(cube, options.method, options.detector_settings, model=options.model, client=client,
                                repeats=options.repeats, device=options.device, stage=stage, keep_on_cluster=True,
@@ -383,7 +383,7 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         check_detect_inputs(options.method, options.metrics, learned_config(options), options.model,
                             tuple(cube_ds[cubes.CUBE].shape))
         mask = None if options.background_mask is None else background_masks.as_mask(
-            options.background_mask, (cube_ds.sizes["y"], cube_ds.sizes["x"]))
+            options.background_mask, (cube_ds.sizes["y"], cube_ds.sizes["x"]), cube_ds[cubes.CUBE])
         if client is None:
             _start_importing_learned(options)
             client = stack.enter_context(cluster.dask_client(dask_address, dashboard_address=dashboard_address))

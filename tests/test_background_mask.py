@@ -118,3 +118,30 @@ def test_wrong_shape_or_an_ae_is_exit_2_with_one_line_and_nothing_written(scene,
     assert main(["detect", str(store), "--background-mask", str(tmp_path / "empty.npy"), "--out",
                  str(tmp_path / "o")]) == 2
     assert "selects no pixel" in capsys.readouterr().err
+
+
+def test_polygons_in_the_scenes_crs_are_the_pixels_whose_centres_they_hold(tmp_path, client):
+    import geopandas
+    from shapely.geometry import box
+
+    from hsad_scale.synth import SceneSpec, synth
+
+    store = synth(tmp_path / "s.zarr", SceneSpec(30, 40, 8, seed=3), chunk=16)  # EPSG:32633, 30 m pixels
+    mask = np.zeros((30, 40), dtype=bool)
+    mask[5:20, 3:25] = True
+    x0, y0 = 500000.0, 4500000.0
+    polygon = box(x0 + 30 * 3, y0 - 30 * 20, x0 + 30 * 25, y0 - 30 * 5)  # edges of rows 5..19, columns 3..24
+    geojson = tmp_path / "background.geojson"
+    geopandas.GeoDataFrame(geometry=[polygon], crs="EPSG:32633").to_file(geojson, driver="GeoJSON")
+    out = tmp_path / "run"
+    assert main(["detect", str(store), "--background-mask", str(geojson), "--out", str(out),
+                 "--dask-address", client.scheduler.address]) == 0
+    assert json.loads((out / "run.json").read_text())["background_mask"]["pixels"] == mask.sum()
+    cli = xr.open_zarr(out / "scores.zarr", consolidated=False)["score"].values
+    np.testing.assert_array_equal(cubes.open_cube(store).hsad.detect("rx", background_mask=mask)["score"].values, cli)
+    # the same rectangle in geographic coordinates is reprojected onto the scene's grid
+    lonlat = geopandas.GeoDataFrame(geometry=[polygon.buffer(-1.0)], crs="EPSG:32633").to_crs("EPSG:4326")
+    lonlat.to_file(tmp_path / "lonlat.geojson", driver="GeoJSON")
+    cube = cubes.open_cube(store)[cubes.CUBE]
+    det = fitting.fit_detector(cube, "rx", background_mask=tmp_path / "lonlat.geojson")
+    assert det.stats.count == mask.sum()
