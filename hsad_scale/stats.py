@@ -7,7 +7,6 @@ tiles into these functions lives in :mod:`hsad_scale.tiles`.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,15 +264,3 @@ def whitener(stats: BackgroundStats) -> Whitener:
     fits_float32 = condition <= FLOAT32_MAX_CONDITION and float(np.abs(matrix).max()) < 1e30
     precision = "float32" if fits_float32 else "float64"
     return Whitener(stats.mean.copy(), np.tril(matrix), ridge, condition, precision)
-
-
-def save_json(path: str | Path, payload: dict) -> None:
-    Path(path).write_text(json.dumps(payload, indent=2, default=_jsonable))
-
-
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
