@@ -20,7 +20,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from hsad_scale.errors import InputError
+from hsad_scale.errors import InputError, raise_if_interrupted
 
 
 def check_destination(dest: str | Path, overwrite: bool) -> Path:
@@ -58,6 +58,7 @@ def atomic_path(dest: str | Path, overwrite: bool = False):
             tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             try:
                 yield tmp
+                raise_if_interrupted()  # a signal whose exception was lost: never publish
                 _replace(tmp, dest, overwrite)
                 done = True
             finally:

@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from hsad_scale.errors import InputError
+from hsad_scale.errors import InputError, Interrupted, pending_interruption, raise_if_interrupted  # noqa: F401
 
 
 def _ingest(args) -> None:
@@ -460,16 +460,6 @@ def main(argv: list[str] | None = None) -> int:
     return execute(build_parser().parse_args(argv))
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived: raised in the main thread, so that every ``with`` block
-    unwinds (the cluster stops, temporary outputs are removed) before the command exits
-    with 128 + the signal's number (130, 143)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
 def _on_signal(signum, frame) -> None:
     import logging
 
@@ -479,6 +469,7 @@ def _on_signal(signum, frame) -> None:
     # "Task exception was never retrieved") is no news: the command says it was interrupted
     for name in ("asyncio", "distributed", "tornado"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    pending_interruption[0] = signum  # checked again where an exception raised here could be lost
     raise Interrupted(signum)
 
 
@@ -503,6 +494,7 @@ def execute(args: argparse.Namespace) -> int:
     try:
         with _signals_interrupt():
             args.run(args)
+            raise_if_interrupted()
     except InputError as exc:
         print(f"hsad: error: {exc}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from hsad_scale import cluster, cube as cubes, evaluate, fitting, locations, out
 from hsad_scale.atomic import atomic_path, check_destination
 from hsad_scale.detectors import LEARNED_METHODS, METHODS, base as detector_base, saved as saved_models
 from hsad_scale.checks import check_detect_inputs, saved_method  # noqa: F401 (saved_method: re-exported)
-from hsad_scale.errors import InputError
+from hsad_scale.errors import InputError, raise_if_interrupted
 from hsad_scale.locations import absolute
 from hsad_scale.stats import BackgroundStats
 from hsad_scale.tiles import map_roc_counts, score_map
@@ -110,6 +110,7 @@ class Stages:
 
     @contextlib.contextmanager
     def __call__(self, name: str):
+        raise_if_interrupted()
         if not self.quiet and name not in self.UNANNOUNCED:
             print(f"[hsad] {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()

@@ -71,12 +71,16 @@ class Reporter:
 
     def tasks(self, done: int, total: int) -> None:
         with self._lock:
+            if total == self.total:  # the scheduler's counts can lag between polls: never go backwards
+                done = max(done, self.done)
             self.done, self.total = done, total
 
     def training(self, event: dict) -> None:
         """One training report ``{"run", "step", "total", "loss"}``."""
         with self._lock:
-            self.runs[event.get("run", 0)] = (int(event["step"]), int(event["total"]), event.get("loss"))
+            run, step = event.get("run", 0), int(event["step"])
+            if step >= self.runs.get(run, (0,))[0]:  # events may arrive out of order
+                self.runs[run] = (step, int(event["total"]), event.get("loss"))
 
     def line(self) -> str:
         """What the stage has done so far, in one line."""

@@ -264,3 +264,12 @@ def whitener(stats: BackgroundStats) -> Whitener:
     fits_float32 = condition <= FLOAT32_MAX_CONDITION and float(np.abs(matrix).max()) < 1e30
     precision = "float32" if fits_float32 else "float64"
     return Whitener(stats.mean.copy(), np.tril(matrix), ridge, condition, precision)
+
+
+def _jsonable(value):
+    """JSON form of numpy scalars and arrays (``json.dumps(default=...)``; used by outputs.write_json)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
