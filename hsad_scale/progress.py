@@ -71,9 +71,10 @@ class Reporter:
 
     def tasks(self, done: int, total: int) -> None:
         with self._lock:
-            if total == self.total:  # the scheduler's counts can lag between polls: never go backwards
-                done = max(done, self.done)
-            self.done, self.total = done, total
+            # finished tasks never come back: counts that lag between polls, or task groups the
+            # scheduler has forgotten, do not make the stage go backwards
+            done = max(done, self.done)
+            self.done, self.total = done, max(total, done)
 
     def training(self, event: dict) -> None:
         """One training report ``{"run", "step", "total", "loss"}``."""
