@@ -481,9 +481,19 @@ def _signals_interrupt():
         yield
         return
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook = sys.unraisablehook
+
+    def quiet_lost_interruption(unraisable):
+        # the handler's exception landed where Python can only print it (a gc callback, a
+        # __del__): no traceback; the recorded signal stops the run at the next check
+        if not isinstance(unraisable.exc_value, Interrupted):
+            previous_hook(unraisable)
+
+    sys.unraisablehook = quiet_lost_interruption
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
