@@ -13,11 +13,9 @@ start Prefect's API before it loads anything heavy.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import logging
 import os
 import sys
-import threading
 
 
 def flow_run_record() -> dict:
@@ -42,7 +40,10 @@ class PrefectStart:
     scheduler or telemetry, on Prefect's default database like its ephemeral server), which
     :meth:`stop` ends. The server process is launched first thing (before Prefect is even
     imported) so that its start-up overlaps ours, rather than after it as when a flow run
-    starts Prefect's ephemeral server."""
+    starts Prefect's ephemeral server. Everything else happens in the calling thread, in
+    :meth:`wait`: importing modules from a second thread while this one imports others can
+    hand either a partially initialised module (Python's import-lock deadlock avoidance;
+    it broke ``--flow`` once, in ``fsspec.compression``)."""
 
     def __init__(self, startup_timeout: float = 120):
         self.url: str | None = None
@@ -51,11 +52,9 @@ class PrefectStart:
         self._port: int | None = None
         self.error: BaseException | None = None
         self.startup_timeout = startup_timeout
+        self._resolved = False
         if not os.environ.get("PREFECT_API_URL") and "prefect" not in sys.modules:
             self._launch()  # most likely needed: the profile is checked once Prefect is imported
-        context = contextvars.copy_context()  # Prefect settings set by the caller (e.g. a test harness)
-        self.thread = threading.Thread(target=context.run, args=(self._run,), name="prefect-api-start", daemon=True)
-        self.thread.start()
 
     def _launch(self) -> None:
         import socket
@@ -108,7 +107,9 @@ class PrefectStart:
 
     def wait(self) -> str:
         """The API URL, once it answers."""
-        self.thread.join()
+        if not self._resolved:
+            self._resolved = True
+            self._run()
         if self.error is not None:
             self.stop()
             raise self.error
@@ -159,7 +160,7 @@ class PrefectStart:
 
 
 def start_prefect() -> PrefectStart:
-    """Start making Prefect's API ready in the background (see :class:`PrefectStart`)."""
+    """Launch Prefect's temporary API server if one will be needed (see :class:`PrefectStart`)."""
     return PrefectStart()
 
 

@@ -25,18 +25,6 @@ from hsad_scale.tiles import map_roc_counts, score_map
 ENSEMBLES = ("mean", "max")  # as hsad_scale.learned.ENSEMBLES (not imported here: it loads torch)
 
 
-def _start_importing_learned(options: DetectOptions) -> None:
-    """Import hsad_scale.learned (PyTorch: ~1 s) in a background thread, for AE/VAE runs:
-    called while the LocalCluster starts, when this process only waits for its workers.
-    The detector then finds it imported (or waits on Python's import lock)."""
-    if options.method in LEARNED_METHODS:
-        import importlib
-        import threading
-
-        threading.Thread(target=importlib.import_module, args=("hsad_scale.learned",), daemon=True,
-                         name="import-hsad_scale.learned").start()
-
-
 @dataclass(frozen=True)
 class DetectOptions:
     """What to run. ``method``: a registered detector (:data:`hsad_scale.detectors.METHODS`);
@@ -386,7 +374,6 @@ def run_detect(src, out, options: DetectOptions | None = None, *, overwrite: boo
         mask = None if options.background_mask is None else background_masks.as_mask(
             options.background_mask, (cube_ds.sizes["y"], cube_ds.sizes["x"]), cube_ds[cubes.CUBE])
         if client is None:
-            _start_importing_learned(options)
             client = stack.enter_context(cluster.dask_client(dask_address, dashboard_address=dashboard_address))
         stage.client = client
         link = cluster.dashboard_link(client)
