@@ -455,12 +455,12 @@ def redo_detections(run_dir, pfa: float, rule: str = "empirical", overwrite: boo
     with atomic_path(run_dir / "detections", overwrite) as tmp:
         found = write_detections(Path(tmp), maps, cube_ds, method, pfa, rule, truth)
     run["detections"] = found[1]
-    _replace_json(record_path, run)
+    outputs.replace_json(record_path, run)
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file() and "object_evaluation" in found[1]:
         metrics = json.loads(metrics_path.read_text())
         metrics["objects"] = found[1]["object_evaluation"]
-        _replace_json(metrics_path, metrics)
+        outputs.replace_json(metrics_path, metrics)
     scores = xr.open_zarr(run_dir / "scores.zarr", consolidated=False, decode_coords="all", chunks=None)
     write_detection_figures(run_dir, scores, truth, method.upper(), found)
     report.write_report(run_dir)
@@ -468,12 +468,6 @@ def redo_detections(run_dir, pfa: float, rule: str = "empirical", overwrite: boo
         print(detections_line(found[1]), file=sys.stderr)
         print(f"[hsad] wrote {run_dir / 'detections'}", file=sys.stderr)
     return run_dir / "detections"
-
-
-def _replace_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    outputs.write_json(tmp, payload)
-    tmp.replace(path)
 
 
 def run_record(src, out, cube_path, cube_ds, options: DetectOptions, details: dict, result, seconds, client) -> dict:

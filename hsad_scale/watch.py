@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import time
 import traceback
@@ -29,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 from hsad_scale import outputs
+from hsad_scale.atomic import replace_file
 from hsad_scale.errors import InputError
 
 SCENE_SUFFIXES = (".mat", ".tif", ".tiff", ".gtif", ".gtiff", ".nc", ".nc4", ".cdf", ".netcdf", ".h5", ".hdf5",
@@ -198,7 +198,7 @@ class HashCache:
         with _lock(self.path.parent, ".hashes.lock"):
             data = self._read()
             data[acq.url] = {"fingerprint": print_, "hash": digest}
-            _write_atomic(self.path, data)
+            replace_file(self.path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def cached_hash(acq: Acquisition, out) -> str:
@@ -224,12 +224,6 @@ def _lock(folder: Path, name: str):
         except ImportError:  # pragma: no cover (Windows): no lock
             pass
         yield
-
-
-def _write_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def run_name(acq: Acquisition, digest: str) -> str:
@@ -265,7 +259,7 @@ class Ledger:
         return _lock(self.out, ".ledger.lock")
 
     def _write(self, data: dict) -> None:
-        _write_atomic(self.path, data)
+        replace_file(self.path, json.dumps(data, indent=2, default=str) + "\n")
 
     def record(self, digest: str, entry: dict) -> dict:
         """Record an acquisition's outcome (``entry["status"]``: done or failed)."""
