@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from hsad_scale.atomic import replace_file
+from hsad_scale.names import CUBE, GROUND_TRUTH
 
 REPORT = "report.html"
 #: Figures shown first, in this order, with their captions; other PNGs follow by name.
@@ -397,8 +398,8 @@ def latent_pixels(cube_ds, sample: np.ndarray | None = None, max_points: int = 2
     ``max_anomalies``, read by position)."""
     import xarray as xr
 
-    cube = cube_ds["cube"]
-    truth = cube_ds["ground_truth"] if "ground_truth" in cube_ds else None
+    cube = cube_ds[CUBE]
+    truth = cube_ds[GROUND_TRUTH] if GROUND_TRUTH in cube_ds else None
     n_bands, ny, nx = cube.shape
     if ny * nx <= max_points:
         pixels = np.asarray(cube.values, dtype=np.float32).reshape(n_bands, -1).T

@@ -30,10 +30,8 @@ from pathlib import Path, PurePosixPath
 from hsad_scale import outputs
 from hsad_scale.atomic import replace_file
 from hsad_scale.errors import InputError
+from hsad_scale.names import ENVI_HEADER, SCENE_SUFFIXES, STORE_SUFFIX
 
-SCENE_SUFFIXES = (".mat", ".tif", ".tiff", ".gtif", ".gtiff", ".nc", ".nc4", ".cdf", ".netcdf", ".h5", ".hdf5",
-                  ".he5", ".hdr")
-STORE_SUFFIX = ".zarr"
 LEDGER = "ledger.json"
 HASH_BLOCK = 4 << 20
 
@@ -101,7 +99,7 @@ def list_acquisitions(landing: str) -> list[Acquisition]:
             continue
         members = tuple(sorted(p for p in fs.find(store)))
         found[rel] = Acquisition(rel, _url(fs, store), store, members, protocol)
-    headers = {p: rel for p, rel in plain.items() if p.lower().endswith(".hdr")}
+    headers = {p: rel for p, rel in plain.items() if p.lower().endswith(ENVI_HEADER)}
     used = set()
     for header, rel in headers.items():
         data = _envi_data(header, plain)
@@ -128,10 +126,10 @@ def _url(fs, path: str) -> str:
 def _envi_data(header: str, files: dict) -> list[str]:
     """Data files of an ENVI header: ``NAME`` or ``NAME.<ext>`` next to ``NAME.hdr``, and
     ``NAME.<ext>`` for a header ``NAME.<ext>.hdr``."""
-    base = header[: -len(".hdr")]
+    base = header[: -len(ENVI_HEADER)]
     out = []
     for path in files:
-        if path == header or path.lower().endswith(".hdr"):
+        if path == header or path.lower().endswith(ENVI_HEADER):
             continue
         if path == base or (path.startswith(base + ".") and "/" not in path[len(base):]):
             out.append(path)
