@@ -43,17 +43,23 @@ class PrefectStart:
     starts Prefect's ephemeral server. Everything else happens in the calling thread, in
     :meth:`wait`: importing modules from a second thread while this one imports others can
     hand either a partially initialised module (Python's import-lock deadlock avoidance;
-    it broke ``--flow`` once, in ``fsspec.compression``)."""
+    it broke ``--flow`` once, in ``fsspec.compression``).
 
-    def __init__(self, startup_timeout: float = 120):
+    ``port`` and ``ui`` are for ``hsad serve``: the server on that port (reused when one
+    already answers there; else started when :meth:`wait` is called), with its UI and
+    services (the scheduler that scheduled runs need), the default being a free port and
+    neither."""
+
+    def __init__(self, startup_timeout: float = 120, port: int | None = None, ui: bool = False):
         self.url: str | None = None
         self.process = None
         self._log = None
-        self._port: int | None = None
+        self._port = port
+        self.ui = ui
         self.error: BaseException | None = None
         self.startup_timeout = startup_timeout
         self._resolved = False
-        if not os.environ.get("PREFECT_API_URL") and "prefect" not in sys.modules:
+        if port is None and not os.environ.get("PREFECT_API_URL") and "prefect" not in sys.modules:
             self._launch()  # most likely needed: the profile is checked once Prefect is imported
 
     def _launch(self) -> None:
@@ -61,14 +67,15 @@ class PrefectStart:
         import subprocess
         import tempfile
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self._port = sock.getsockname()[1]
+        if self._port is None:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                self._port = sock.getsockname()[1]
+        quiet = [] if self.ui else ["--no-ui", "--no-services", "--analytics-off", "--log-level", "ERROR"]
         self._log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self._port),
-             "--no-ui", "--no-services", "--analytics-off", "--log-level", "ERROR"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log)
+             *quiet], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log)
 
     def _run(self):
         try:
@@ -80,23 +87,24 @@ class PrefectStart:
                 self.url = configured
                 return
             if self.process is None:
+                if self._port is not None and _healthy(_local_url(self._port)):
+                    self.url = _local_url(self._port)  # a server already answers there: reused
+                    return
+                if self.ui:
+                    print(f"[hsad] starting a Prefect server on http://127.0.0.1:{self._port} (UI and API)",
+                          file=sys.stderr)
                 self._launch()
-            self.url = self._ready(f"http://127.0.0.1:{self._port}/api")
+            self.url = self._ready(_local_url(self._port))
         except BaseException as exc:  # reported by wait()
             self.error = exc
 
     def _ready(self, url: str) -> str:
         import time
 
-        import httpx
-
         deadline = time.monotonic() + self.startup_timeout
         while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    return url
-            except httpx.HTTPError:
-                pass
+            if _healthy(url):
+                return url
             if self.process.poll() is not None:
                 self._log.seek(0)
                 raise RuntimeError("the local Prefect API server did not start: "
@@ -134,10 +142,11 @@ class PrefectStart:
         with temporary_settings(updates=updates):
             yield url
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 0) -> None:
         """Stop the temporary server (its history goes with it: nothing to send), or send a
         configured API what Prefect still holds (logs, events), so that the process may exit
-        without the interpreter's teardown."""
+        without the interpreter's teardown. ``timeout``: seconds to wait for the server to
+        end before it is killed (0: no waiting, it shuts down on its own)."""
         if not self.temporary:
             try:
                 from prefect.events.worker import EventsWorker
@@ -147,16 +156,36 @@ class PrefectStart:
                 EventsWorker.drain_all(timeout=10, at_exit=False)
             except Exception:  # best effort: the run itself is complete
                 pass
-        self._terminate()
+        self._terminate(timeout)
 
-    def _terminate(self) -> None:
-        # no waiting: the server shuts down gracefully on its own while this process exits
+    def _terminate(self, timeout: float = 0) -> None:
+        import subprocess
+
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
+            if timeout:
+                try:
+                    self.process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
         self.process = None
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def _local_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/api"
+
+
+def _healthy(url: str) -> bool:
+    """Whether the Prefect API at ``url`` answers its health check."""
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def start_prefect() -> PrefectStart:

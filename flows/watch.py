@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import PrefectStart
 from flows.detect import TASK_OPTIONS, detect
 from hsad_scale import cluster, watch as watching
 from hsad_scale.errors import InputError
@@ -174,52 +174,26 @@ def deployments(landing: str, out: str, interval: float = 300, method: str = "rx
 @contextlib.contextmanager
 def prefect_api(port: int = 4200, startup_timeout: float = 120):
     """The Prefect API URL to use: ``PREFECT_API_URL`` when set, else a local server (``prefect
-    server start`` on ``port``, reused when one already answers there) for as long as the block
-    runs. Scheduled runs need a real server: Prefect's ephemeral API has no scheduler."""
-    import httpx
+    server start`` on ``port``, reused when one already answers there; see
+    :class:`flows.PrefectStart`) for as long as the block runs. Scheduled runs need a real
+    server: Prefect's ephemeral API has no scheduler."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    configured = PREFECT_API_URL.value()
-    if configured:
-        yield configured
-        return
-    url = f"http://127.0.0.1:{port}/api"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    process = None
-    if not healthy():
-        print(f"[hsad] starting a Prefect server on http://127.0.0.1:{port} (UI and API)", file=sys.stderr)
-        process = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                    "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + startup_timeout
-        while not healthy():
-            if process.poll() is not None:
-                raise RuntimeError(f"the Prefect server did not start: {process.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                process.terminate()
-                raise RuntimeError(f"the Prefect server did not answer within {startup_timeout:.0f} s")
-            time.sleep(0.5)
-    previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = url  # for the flow-run processes the runner starts
+    api = PrefectStart(startup_timeout, port=port, ui=True)
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            yield url
+        url = api.wait()
+        previous = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = url  # for the flow-run processes the runner starts
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                yield url
+        finally:
+            if previous is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = previous
     finally:
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
-        if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        api.stop(timeout=20)
 
 
 def serve(landing: str, out: str, interval: float = 300, port: int = 4200, **params) -> None:

@@ -28,8 +28,9 @@ import xarray as xr
 from hsad_scale.errors import InputError
 
 from hsad_scale.detectors import METHODS  # noqa: E402  (names only: imports no detector)
+from hsad_scale.names import CUBE, GROUND_TRUTH, LEARNED_METHODS, SCORE  # noqa: E402
 # as in hsad_scale.cube (not imported here: keeps `import hsad_scale` light)
-CUBE, GROUND_TRUTH, DEFAULT_CHUNK = "cube", "ground_truth", 256
+DEFAULT_CHUNK = 256
 
 
 @dataclass
@@ -166,7 +167,7 @@ class HsadAccessor:
         the cube's coords and CRS. Computes the background statistics (one pass over the cube)
         unless ``model`` (a :class:`Fitted` RX, BackgroundStats, rx_stats.npz or run folder)
         gives them."""
-        return self.detect("rx", model=model)["score"]
+        return self.detect("rx", model=model)[SCORE]
 
     def detect(self, method: str = "rx", *, metrics=None, ensemble: str = "mean", model=None,
                **settings) -> xr.Dataset:
@@ -198,7 +199,7 @@ class HsadAccessor:
         if GROUND_TRUTH not in ds:
             raise InputError("no ground truth: pass truth=")
         if isinstance(scores, xr.DataArray):
-            scores = scores.to_dataset(name="score")
+            scores = scores.to_dataset(name=SCORE)
         # one pass over the cube for all maps (evaluate_scores reads each variable on its own)
         return pipeline.evaluate_scores(ds, scores.compute())
 
@@ -280,14 +281,14 @@ class HsadAccessor:
         """:func:`hsad_scale.report.latent_figure` of an AE/VAE run's latent space, anomalies highlighted."""
         from hsad_scale import report
 
-        if fitted.method not in ("ae", "vae"):
+        if fitted.method not in LEARNED_METHODS:
             raise InputError(f"{fitted.method.upper()} has no latent space")
         return report.latent_figure(fitted.models[run], self._dataset(), fitted.sample, **kwargs)
 
 
 def _first_map(scores):
     if isinstance(scores, xr.Dataset):
-        return scores["score"]
+        return scores[SCORE]
     return scores
 
 
@@ -297,7 +298,7 @@ def _as_maps(scores) -> dict:
         return scores
     if isinstance(scores, xr.Dataset):
         return {name: scores[name] for name in scores.data_vars if scores[name].dims == ("y", "x")}
-    return {str(getattr(scores, "name", None) or "score"): scores}
+    return {str(getattr(scores, "name", None) or SCORE): scores}
 
 
 @xr.register_dataset_accessor("hsad")

@@ -175,5 +175,27 @@ def _remove(path: Path) -> None:
 def write_file_atomic(dest: str | Path, data: bytes | str, overwrite: bool = False) -> Path:
     """Write ``data`` to the file ``dest`` whole or not at all (see :func:`atomic_path`)."""
     with atomic_path(dest, overwrite) as tmp:
-        Path(tmp).write_bytes(data.encode() if isinstance(data, str) else data)
+        Path(tmp).write_bytes(_bytes(data))
     return Path(dest)
+
+
+def replace_file(dest: str | Path, data: bytes | str) -> Path:
+    """Replace the file ``dest`` (a record this run owns and updates: ``run.json``, a report,
+    a ledger) whole: ``data`` goes into a temporary sibling ``.DEST.tmp-<pid>-<random>`` that
+    is then renamed over ``dest`` (``os.replace``), so a reader sees the old or the new file,
+    never a part. No lock and no ``--overwrite`` check (callers that need them serialise
+    with their own lock, or use :func:`write_file_atomic`); ``str`` is written as UTF-8.
+    OSError as raised by the file system; the temporary is removed on any error."""
+    dest = Path(dest)
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_bytes(_bytes(data))
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return dest
+
+
+def _bytes(data: bytes | str) -> bytes:
+    return data.encode("utf-8") if isinstance(data, str) else data

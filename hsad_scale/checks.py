@@ -11,6 +11,7 @@ import struct
 from pathlib import Path
 
 from hsad_scale.errors import InputError
+from hsad_scale.names import LEARNED_METHODS
 
 #: ``[protocol://]host:port`` of a Dask scheduler (distributed's address syntax).
 _ADDRESS = re.compile(r"^(?:(?:tcp|tls|ws|wss|ucx|inproc)://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
@@ -40,7 +41,7 @@ def check_metrics(method: str, metrics: tuple | None) -> None:
     joint-mahal; VAE the same set); RX has one score and takes none."""
     if not metrics:
         return
-    if method not in ("ae", "vae"):
+    if method not in LEARNED_METHODS:
         raise InputError(f"--metric applies to the AE/VAE; {method.upper()} has one score")
     from hsad_scale.detectors.ae_config import AE_METRICS, VAE_METRICS
 
@@ -125,7 +126,7 @@ def saved_method(path: str | Path) -> str:
     from hsad_scale.detectors.saved import model_folder
 
     folder, method, _ = model_folder(path)
-    if method in ("ae", "vae"):  # the model.json read again, strictly
+    if method in LEARNED_METHODS:  # the model.json read again, strictly
         for model_json in [folder / "model.json", *sorted(folder.glob("run-*/model.json"))][:1]:
             if model_json.is_file():
                 read_model_json(model_json)
@@ -185,7 +186,7 @@ def check_saved_model(path: str | Path, bands: int) -> None:
     method = saved_method(path)
     if method == "rx":
         return check_rx_stats(path, bands)
-    if method not in ("ae", "vae"):  # the other statistical detectors: their saved statistics
+    if method not in LEARNED_METHODS:  # the other statistical detectors: their saved statistics
         from hsad_scale.detectors.saved import load_detector
         from hsad_scale.fitting import check_bands
 

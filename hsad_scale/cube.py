@@ -24,10 +24,9 @@ from hsad_scale.atomic import atomic_path
 from hsad_scale.chunk_reader import zarr_dask_array
 from hsad_scale.errors import InputError
 from hsad_scale.locations import absolute
+from hsad_scale.names import CUBE, GROUND_TRUTH  # noqa: F401  (cube.CUBE, cube.GROUND_TRUTH: used across the package)
 from hsad_scale.readers import SceneSource
 
-CUBE = "cube"
-GROUND_TRUTH = "ground_truth"
 DEFAULT_CHUNK = 256
 #: Cube stores are uncompressed by default: hyperspectral float32 compresses ~1.2x with
 #: zstd or lz4 but reads 2-3x slower, and every detector reads the cube twice.

@@ -22,11 +22,11 @@ from hsad_scale.detectors import autoencoder as ae, ensemble as ensemble_ops
 from hsad_scale.detectors.ae_config import DEFAULT_PRESET, resolve_config  # noqa: F401  (re-exported)
 from hsad_scale.cluster import warm_up_scoring
 from hsad_scale.errors import InputError
+from hsad_scale.names import ENSEMBLES
 from hsad_scale.stats import Whitener, whitener
 from hsad_scale.tiles import (background_stats_graph, band_summary_and_sample_graph, feature_score_map,
                               feature_stats_graph, feature_tiles, sample_pixels, score_map)
 
-ENSEMBLES = ("mean", "max")
 #: Pixels of the training sample (evenly strided: it is a random sample already) whose scores
 #: give each run's median and MAD for the ensemble: the standard error of a median from 50k
 #: pixels is a fraction of a percent of the spread, and scoring them takes 0.4 s, not 1.8 s.

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from hsad_scale.atomic import replace_file
 from hsad_scale.stats import _jsonable
 
 LIBRARIES = ("hsad-scale", "numpy", "scipy", "dask", "distributed", "xarray", "zarr", "rioxarray", "torch", "prefect",
@@ -108,4 +109,13 @@ def now() -> str:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    Path(path).write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
+    Path(path).write_text(json_text(payload))
+
+
+def replace_json(path: Path, payload: dict) -> None:
+    """Replace the JSON file ``path`` whole (:func:`hsad_scale.atomic.replace_file`)."""
+    replace_file(path, json_text(payload))
+
+
+def json_text(payload: dict) -> str:
+    return json.dumps(payload, indent=2, default=_jsonable) + "\n"

@@ -19,10 +19,10 @@ from hsad_scale.detectors import LEARNED_METHODS, METHODS, base as detector_base
 from hsad_scale.checks import check_detect_inputs, saved_method  # noqa: F401 (saved_method: re-exported)
 from hsad_scale.errors import InputError, raise_if_interrupted
 from hsad_scale.locations import absolute
+from hsad_scale.names import DEVICES, ENSEMBLES, SCORE
 from hsad_scale.stats import BackgroundStats
 from hsad_scale.tiles import map_roc_counts, score_map
 
-ENSEMBLES = ("mean", "max")  # as hsad_scale.learned.ENSEMBLES (not imported here: it loads torch)
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class DetectOptions:
             raise InputError(f"--repeats must be at least 1, got {self.repeats}")
         if self.ensemble not in ENSEMBLES:
             raise InputError(f"unknown ensemble {self.ensemble!r}; choose from {', '.join(ENSEMBLES)}")
-        if self.device not in ("auto", "cpu", "cuda"):
+        if self.device not in DEVICES:
             raise InputError(f"unknown device {self.device!r}; choose from auto, cpu, cuda")
         if self.model is not None and not Path(self.model).exists():
             raise InputError(f"model {self.model} does not exist")
@@ -156,7 +156,7 @@ def rx_scores(cube: xr.DataArray, model) -> xr.Dataset:
     """Lazy RX score map as a Dataset with variable ``score`` ``(y, x)``."""
     score = score_map(cube, model.mahalanobis, name="score-tile")
     score.attrs.update(long_name="RX squared Mahalanobis distance", units="1")
-    return xr.Dataset({"score": score})
+    return xr.Dataset({SCORE: score})
 
 
 def write_score_store(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset, client) -> xr.Dataset:
@@ -174,7 +174,7 @@ def write_geotiff(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset, normal
     Returns what ``run.json`` records of it."""
     import dask
 
-    score = scores["score"]
+    score = scores[SCORE]
     bounds = None
     if normalise:
         data = score.data if hasattr(score.data, "dask") else score.chunk().data
@@ -206,7 +206,7 @@ def write_detections(folder: Path, maps: xr.Dataset, cube_ds: xr.Dataset | None,
     cube = cube_ds[cubes.CUBE] if cube_ds is not None and cubes.CUBE in cube_ds else None
     bands = cube.sizes["band"] if method == "rx" and cube is not None else None
     folder.mkdir()
-    score = maps["score"]
+    score = maps[SCORE]
     if score.rio.crs is None and cube_ds is not None and cube_ds.rio.crs is not None:
         score = score.rio.write_crs(cube_ds.rio.crs).rio.write_transform(cube_ds.rio.transform())
     return run_detections(score, folder, pfa=pfa, rule=rule, bands=bands, cube=cube, truth=truth)
@@ -225,7 +225,7 @@ def evaluate_with_roc(cube_ds: xr.Dataset, scores: xr.Dataset) -> tuple[dict | N
     if cubes.GROUND_TRUTH not in cube_ds:
         return None, None
     truth = cube_ds[cubes.GROUND_TRUTH]
-    result, curve = evaluate.metrics_from_counts(map_roc_counts(scores["score"], truth))
+    result, curve = evaluate.metrics_from_counts(map_roc_counts(scores[SCORE], truth))
     others = {n[len("score_"):]: evaluate.metrics_from_counts(map_roc_counts(scores[n], truth))[0]
               for n in scores.data_vars if n.startswith("score_") and not n.startswith("score_runs")}
     if others:
@@ -283,11 +283,11 @@ def write_report_files(run_dir: Path, cube_ds: xr.Dataset, scores: xr.Dataset, r
 
 
 def _write_map(run_dir: Path, scores: xr.Dataset, truth, title: str) -> None:
-    plots.save(plots.plot_maps({title: scores["score"]}, truth), run_dir / "map.png")
+    plots.save(plots.plot_maps({title: scores[SCORE]}, truth), run_dir / "map.png")
 
 
 def _write_roc(run_dir: Path, scores: xr.Dataset, truth, result: dict, title: str, curve: tuple | None) -> None:
-    fpr, tpr = curve if curve is not None else evaluate.roc_from_counts(map_roc_counts(scores["score"], truth))
+    fpr, tpr = curve if curve is not None else evaluate.roc_from_counts(map_roc_counts(scores[SCORE], truth))
     curves = {f"{title} (AUC {result['auc']:.4f})": {"fpr": fpr, "tpr": tpr}}
     if "averaged_roc" in result:
         mean_auc = result["runs_summary"]["mean"]["auc"]
@@ -301,8 +301,8 @@ def write_detection_figures(run_dir: Path, scores: xr.Dataset, truth, title: str
     from hsad_scale.detections import MapGrid
 
     frame, record = found if found is not None else (None, {})
-    grid = MapGrid.of(scores["score"])
-    plots.save(plots.plot_maps({title: scores["score"]}, truth, grid=grid,
+    grid = MapGrid.of(scores[SCORE])
+    plots.save(plots.plot_maps({title: scores[SCORE]}, truth, grid=grid,
                                outlines=None if frame is None else list(frame.geometry.dropna()),
                                outline_label=None if frame is None else
                                f"detections at PFA {record['pfa']:g} ({len(frame)})"), run_dir / "map.png")
@@ -455,12 +455,12 @@ def redo_detections(run_dir, pfa: float, rule: str = "empirical", overwrite: boo
     with atomic_path(run_dir / "detections", overwrite) as tmp:
         found = write_detections(Path(tmp), maps, cube_ds, method, pfa, rule, truth)
     run["detections"] = found[1]
-    _replace_json(record_path, run)
+    outputs.replace_json(record_path, run)
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file() and "object_evaluation" in found[1]:
         metrics = json.loads(metrics_path.read_text())
         metrics["objects"] = found[1]["object_evaluation"]
-        _replace_json(metrics_path, metrics)
+        outputs.replace_json(metrics_path, metrics)
     scores = xr.open_zarr(run_dir / "scores.zarr", consolidated=False, decode_coords="all", chunks=None)
     write_detection_figures(run_dir, scores, truth, method.upper(), found)
     report.write_report(run_dir)
@@ -468,12 +468,6 @@ def redo_detections(run_dir, pfa: float, rule: str = "empirical", overwrite: boo
         print(detections_line(found[1]), file=sys.stderr)
         print(f"[hsad] wrote {run_dir / 'detections'}", file=sys.stderr)
     return run_dir / "detections"
-
-
-def _replace_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    outputs.write_json(tmp, payload)
-    tmp.replace(path)
 
 
 def run_record(src, out, cube_path, cube_ds, options: DetectOptions, details: dict, result, seconds, client) -> dict:

@@ -26,6 +26,8 @@ import matplotlib.lines  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hsad_scale.names import CUBE, GROUND_TRUTH  # noqa: E402
+
 MAX_PIXELS_SHOWN = 1500
 #: Target wavelengths (nm) of the red, green and blue channels of an RGB composite.
 RGB_NM = (640.0, 550.0, 460.0)
@@ -425,7 +427,7 @@ def plot_latent(latent, truth=None, title: str = "latent space", max_points: int
 
 def _cube_of(obj):
     """The ``(band, y, x)`` cube of a cube Dataset, or the object itself."""
-    return obj["cube"] if hasattr(obj, "data_vars") else obj
+    return obj[CUBE] if hasattr(obj, "data_vars") else obj
 
 
 def rgb_bands(n_bands: int, wavelength=None, targets=RGB_NM, bands=None) -> tuple[int, int, int]:
@@ -503,7 +505,7 @@ def plot_rgb(cube, targets=RGB_NM, bands=None, truth=None, title: str | None = N
     step = _step(rgb.shape[:2], MAX_PIXELS_SHOWN)
     image = stretch(_as_array(rgb.isel(y=slice(None, None, step), x=slice(None, None, step))), percentiles)
     if truth is True:
-        truth = cube["ground_truth"] if hasattr(cube, "data_vars") and "ground_truth" in cube else None
+        truth = cube[GROUND_TRUTH] if hasattr(cube, "data_vars") and GROUND_TRUTH in cube else None
     ny, nx = image.shape[:2]
     aspect = panel_aspect(ny, nx)
     fig, ax = plt.subplots(figsize=(panel_size, panel_size * aspect + 0.5), layout="constrained")
@@ -555,8 +557,8 @@ def plot_spectra(cube, scores, top: int = 5, truth=None, background=None, title:
     drawn solid and false alarms dashed. ``min_distance``: see :func:`top_pixels`."""
     import xarray as xr
 
-    if truth is None and hasattr(cube, "data_vars") and "ground_truth" in cube:
-        truth = cube["ground_truth"]
+    if truth is None and hasattr(cube, "data_vars") and GROUND_TRUTH in cube:
+        truth = cube[GROUND_TRUTH]
     da_ = _cube_of(cube)
     if not isinstance(da_, xr.DataArray):
         da_ = xr.DataArray(np.asarray(da_), dims=("band", "y", "x"))

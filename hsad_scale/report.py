@@ -21,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from hsad_scale.atomic import replace_file
+from hsad_scale.names import CUBE, GROUND_TRUTH
+
 REPORT = "report.html"
 #: Figures shown first, in this order, with their captions; other PNGs follow by name.
 FIGURES = {
@@ -163,13 +166,6 @@ def _page(title: str, subtitle: str, sections: list[tuple[str, str]]) -> str:
             "</body></html>\n")
 
 
-def _write(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
 # --------------------------------------------------------------------------------------
 # run folder
 
@@ -295,7 +291,7 @@ def write_report(run_dir) -> Path:
     if metrics and "auc" in metrics:
         headline = f"AUC {metrics['auc']:.4f}, TPR @ FPR 1e-2 {metrics.get('tpr_at_fpr_0.01', float('nan')):.3f}. "
     subtitle = f"{headline}{dims}{'; ' if dims else ''}finished {run.get('finished', 'unknown')}; folder {folder.resolve()}"
-    return _write(folder / REPORT, _page(title, subtitle, _run_sections(run, metrics, folder)))
+    return replace_file(folder / REPORT, _page(title, subtitle, _run_sections(run, metrics, folder)))
 
 
 # --------------------------------------------------------------------------------------
@@ -387,7 +383,7 @@ def write_sweep_report(out_dir) -> Path:
     if isinstance(best, dict) and "mean" in best:
         subtitle = (f"best {best.get('criterion', 'score')} {_fmt(best['mean'])} ± {_fmt(best.get('std'))}: "
                     f"{best.get('setting', best.get('setting_id', ''))}. " + subtitle)
-    return _write(folder / REPORT, _page(f"hsad sweep: {folder.name}", subtitle, sections))
+    return replace_file(folder / REPORT, _page(f"hsad sweep: {folder.name}", subtitle, sections))
 
 
 # --------------------------------------------------------------------------------------
@@ -402,8 +398,8 @@ def latent_pixels(cube_ds, sample: np.ndarray | None = None, max_points: int = 2
     ``max_anomalies``, read by position)."""
     import xarray as xr
 
-    cube = cube_ds["cube"]
-    truth = cube_ds["ground_truth"] if "ground_truth" in cube_ds else None
+    cube = cube_ds[CUBE]
+    truth = cube_ds[GROUND_TRUTH] if GROUND_TRUTH in cube_ds else None
     n_bands, ny, nx = cube.shape
     if ny * nx <= max_points:
         pixels = np.asarray(cube.values, dtype=np.float32).reshape(n_bands, -1).T

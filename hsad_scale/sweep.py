@@ -36,8 +36,8 @@ import yaml
 from hsad_scale import cube as cubes, evaluate, fitting, learned, outputs, plots, report
 from hsad_scale.detectors import autoencoder as ae
 from hsad_scale.errors import InputError
+from hsad_scale.names import METRIC_KEYS as CRITERIA
 
-CRITERIA = ("auc", "tpr_at_fpr_0.001", "tpr_at_fpr_0.01", "tpr_at_fpr_0.1", "pauc_0.01")
 METRIC_COLUMNS = CRITERIA
 GRID_KEYS = ("method", "preset", "fixed", "grid", "repeats", "criterion")
 METHODS = ("ae", "vae")

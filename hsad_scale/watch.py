@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import time
 import traceback
@@ -29,11 +28,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 from hsad_scale import outputs
+from hsad_scale.atomic import replace_file
 from hsad_scale.errors import InputError
+from hsad_scale.names import ENVI_HEADER, SCENE_SUFFIXES, STORE_SUFFIX
 
-SCENE_SUFFIXES = (".mat", ".tif", ".tiff", ".gtif", ".gtiff", ".nc", ".nc4", ".cdf", ".netcdf", ".h5", ".hdf5",
-                  ".he5", ".hdr")
-STORE_SUFFIX = ".zarr"
 LEDGER = "ledger.json"
 HASH_BLOCK = 4 << 20
 
@@ -101,7 +99,7 @@ def list_acquisitions(landing: str) -> list[Acquisition]:
             continue
         members = tuple(sorted(p for p in fs.find(store)))
         found[rel] = Acquisition(rel, _url(fs, store), store, members, protocol)
-    headers = {p: rel for p, rel in plain.items() if p.lower().endswith(".hdr")}
+    headers = {p: rel for p, rel in plain.items() if p.lower().endswith(ENVI_HEADER)}
     used = set()
     for header, rel in headers.items():
         data = _envi_data(header, plain)
@@ -128,10 +126,10 @@ def _url(fs, path: str) -> str:
 def _envi_data(header: str, files: dict) -> list[str]:
     """Data files of an ENVI header: ``NAME`` or ``NAME.<ext>`` next to ``NAME.hdr``, and
     ``NAME.<ext>`` for a header ``NAME.<ext>.hdr``."""
-    base = header[: -len(".hdr")]
+    base = header[: -len(ENVI_HEADER)]
     out = []
     for path in files:
-        if path == header or path.lower().endswith(".hdr"):
+        if path == header or path.lower().endswith(ENVI_HEADER):
             continue
         if path == base or (path.startswith(base + ".") and "/" not in path[len(base):]):
             out.append(path)
@@ -198,7 +196,7 @@ class HashCache:
         with _lock(self.path.parent, ".hashes.lock"):
             data = self._read()
             data[acq.url] = {"fingerprint": print_, "hash": digest}
-            _write_atomic(self.path, data)
+            replace_file(self.path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def cached_hash(acq: Acquisition, out) -> str:
@@ -224,12 +222,6 @@ def _lock(folder: Path, name: str):
         except ImportError:  # pragma: no cover (Windows): no lock
             pass
         yield
-
-
-def _write_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def run_name(acq: Acquisition, digest: str) -> str:
@@ -265,7 +257,7 @@ class Ledger:
         return _lock(self.out, ".ledger.lock")
 
     def _write(self, data: dict) -> None:
-        _write_atomic(self.path, data)
+        replace_file(self.path, json.dumps(data, indent=2, default=str) + "\n")
 
     def record(self, digest: str, entry: dict) -> dict:
         """Record an acquisition's outcome (``entry["status"]``: done or failed)."""

@@ -30,6 +30,13 @@ def test_auc_matches_sklearn_and_nan_pixels_are_left_out():
     assert m["n_background"] + m["n_anomaly"] == keep.sum()
 
 
+def test_metric_keys_name_the_figures_metrics_returns():
+    from hsad_scale.names import METRIC_KEYS
+
+    scores, truth = _scene()
+    assert [k for k in metrics(scores, truth) if not k.startswith("n_")] == list(METRIC_KEYS)
+
+
 def test_perfect_and_inverted_detectors():
     _, truth = _scene()
     perfect = metrics(truth.astype(float), truth)

@@ -439,6 +439,40 @@ def test_serve_deployments():
     assert watch_dep.entrypoint == "flows.watch.watch" and detect_dep.entrypoint == "flows.detect.detect"
 
 
+def test_serve_reuses_a_prefect_server_already_answering_on_its_port():
+    """``hsad serve``'s API (flows.PrefectStart with a port): a server answering there is used,
+    none is started, and stopping leaves it running."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import httpx
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import PrefectStart
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/api/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/api"
+    try:
+        with temporary_settings(restore_defaults={PREFECT_API_URL}):
+            api = PrefectStart(port=server.server_port, ui=True)
+            assert api.wait() == url
+            assert not api.temporary and api.process is None
+            api.stop(timeout=20)
+        assert httpx.get(f"{url}/health").status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_hsad_serve_processes_the_landing_folder_on_its_schedule(had_dir, manifest, client, tmp_path):
     """One command: a local Prefect server, the deployments served, the watch run on its
     interval in its own process, the acquisition processed; Ctrl-C stops it all."""

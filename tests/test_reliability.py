@@ -125,6 +125,21 @@ def test_final_rename_never_replaces_a_destination_that_appeared(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
 
 
+def test_replace_file_replaces_whole_or_keeps_the_old_file(tmp_path):
+    from hsad_scale.atomic import replace_file
+
+    dest = tmp_path / "report.html"
+    replace_file(dest, "first é")
+    replace_file(dest, "second é")
+    assert dest.read_text(encoding="utf-8") == "second é"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+    folder = tmp_path / "taken"
+    (folder / "inside").mkdir(parents=True)
+    with pytest.raises(OSError):  # written, but the rename fails: the temporary is removed
+        replace_file(folder, b"data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "taken"]
+
+
 def test_evaluate_json_keeps_an_existing_file_without_overwrite(cube, tmp_path):
     import json
 

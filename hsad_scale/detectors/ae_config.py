@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hsad_scale.errors import InputError
+from hsad_scale.names import DEVICES  # noqa: F401  (re-exported)
 from hsad_scale.stats import BackgroundStats  # noqa: F401  (annotations)
 
 FORMAT_VERSION = 1
@@ -25,7 +26,6 @@ REDUCTIONS = ("mean", "sum")
 SCHEDULES = ("halving", "constant", "geometric")
 ACTIVATIONS = ("relu", "linear")
 OUTPUT_ACTIVATIONS = ("auto", "sigmoid", "linear")
-DEVICES = ("auto", "cpu", "cuda")
 
 #: How each metric turns into a score: "direct" metrics return ``(n,)`` scores;
 #: "mahalanobis" metrics return ``(n, k)`` features to whiten against their background.

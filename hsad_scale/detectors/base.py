@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from hsad_scale.errors import InputError
+from hsad_scale.names import CUBE, SCORE
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -144,7 +145,7 @@ class Detector:
         cube = as_cube(cube)
         score = score_map(cube, self.pixel_scorer(), name=f"{self.method}-score")
         score.attrs.update(long_name=self.long_name or self.method, units="1")
-        return xr.Dataset({"score": score})
+        return xr.Dataset({SCORE: score})
 
     def pixel_scorer(self):
         """A picklable callable pixels ``(n, band)`` -> scores ``(n,)`` (non-spatial detectors)."""
@@ -207,7 +208,7 @@ def as_cube(data) -> "xr.DataArray":
     import xarray as xr
 
     if isinstance(data, xr.Dataset):
-        data = data["cube"]
+        data = data[CUBE]
     if isinstance(data, np.ndarray):
         if data.ndim != 3:
             raise InputError(f"an image must be (band, y, x), got shape {data.shape}")

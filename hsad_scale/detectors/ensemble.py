@@ -24,6 +24,8 @@ import warnings
 
 import numpy as np
 
+from hsad_scale.names import ENSEMBLES
+
 #: MAD of a standard normal: makes 1.4826 * MAD a consistent estimate of the std.
 MAD_TO_STD = 1.4826
 
@@ -73,7 +75,7 @@ def combine(score_runs: np.ndarray, how: str = "mean", normalise: bool = True) -
         runs = runs[None]
     if runs.ndim != 2:
         raise ValueError(f"score_runs must be (runs, n), got shape {runs.shape}")
-    if how not in ("mean", "max"):
+    if how not in ENSEMBLES:
         raise ValueError(f"how must be 'mean' or 'max', got {how!r}")
     z = robust_normalise(runs) if normalise else runs
     with warnings.catch_warnings():

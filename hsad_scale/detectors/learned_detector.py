@@ -8,6 +8,7 @@ import numpy as np
 
 from hsad_scale.detectors.ae_config import AEConfig, VAEConfig
 from hsad_scale.detectors.base import Detector, register
+from hsad_scale.names import SCORE
 
 
 class LearnedDetector(Detector):
@@ -69,7 +70,7 @@ class LearnedDetector(Detector):
     def score_image(self, image: np.ndarray) -> np.ndarray:
         import xarray as xr
 
-        return self.score(xr.DataArray(np.asarray(image), dims=("band", "y", "x")))["score"].values.astype(np.float64)
+        return self.score(xr.DataArray(np.asarray(image), dims=("band", "y", "x")))[SCORE].values.astype(np.float64)
 
     def score_pixels(self, pixels: np.ndarray) -> np.ndarray:
         return self.score_image(np.asarray(pixels).T[:, None, :])[0]

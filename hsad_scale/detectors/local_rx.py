@@ -36,6 +36,7 @@ import numpy as np
 from hsad_scale.detectors import halo
 from hsad_scale.detectors.base import Settings, register
 from hsad_scale.detectors.rx import StatsDetector
+from hsad_scale.names import SCORE
 from hsad_scale.stats import Whitener
 
 COVARIANCES = ("global", "local")
@@ -252,7 +253,7 @@ class LocalRX(StatsDetector):
         outer = (self.settings.outer, self.settings.outer)
         score = halo.halo_map(cube, local_rx_tile, outer, self.window_model(), name="local-rx-tile")
         score.attrs.update(long_name=self.long_name, units="1")
-        return xr.Dataset({"score": score})
+        return xr.Dataset({SCORE: score})
 
     def describe(self) -> dict:
         return {**super().describe(), "window": {"inner": self.settings.inner, "outer": self.settings.outer,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hsad_scale.names import SCORE
 from hsad_scale.stats import BackgroundStats, Whitener, whitener
 
 
@@ -101,4 +102,4 @@ class GlobalRX(StatsDetector):
         self.check_bands(cube.sizes["band"])
         score = score_map(cube, self.whitener.mahalanobis, name="score-tile")  # as pipeline.rx_scores
         score.attrs.update(long_name=self.long_name, units="1")
-        return xr.Dataset({"score": score})
+        return xr.Dataset({SCORE: score})

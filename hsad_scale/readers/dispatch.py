@@ -7,15 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from hsad_scale.errors import InputError
+from hsad_scale.names import MAT_EXTENSIONS, NETCDF_EXTENSIONS, TIFF_EXTENSIONS
 from hsad_scale.readers import SceneSource
 from hsad_scale.readers.envi import envi_files, find_header, read_envi
 from hsad_scale.readers.geotiff import existing_file, one_line, read_geotiff, read_raster_band
 from hsad_scale.readers.mat import read_mat, read_mat_ground_truth
 from hsad_scale.readers.netcdf import read_netcdf
 
-MAT_EXTENSIONS = (".mat",)
-TIFF_EXTENSIONS = (".tif", ".tiff", ".gtif", ".gtiff")
-NETCDF_EXTENSIONS = (".nc", ".nc4", ".cdf", ".netcdf", ".h5", ".hdf5", ".he5")
 _MAGIC = (
     (b"MATLAB", "mat"),
     (b"\x89HDF\r\n\x1a\n", "netcdf"),
