@@ -232,7 +232,7 @@ def _serve(args) -> None:
 
 def _evaluate(args) -> None:
     from hsad_scale.evaluate import metrics_from_counts
-    from hsad_scale.tiles import map_roc_counts
+    from hsad_scale.roc_tiles import map_roc_counts
 
     if args.json:  # an existing file is kept unless --overwrite: checked before any work
         from hsad_scale.atomic import check_destination

@@ -23,8 +23,8 @@ from hsad_scale.detectors.ae_config import DEFAULT_PRESET, resolve_config  # noq
 from hsad_scale.cluster import warm_up_scoring
 from hsad_scale.errors import InputError
 from hsad_scale.stats import Whitener, whitener
-from hsad_scale.tiles import (background_stats_graph, band_summary_and_sample_graph, feature_score_map,
-                              feature_stats_graph, feature_tiles, sample_pixels, score_map)
+from hsad_scale.sampling import band_summary_and_sample_graph, sample_pixels
+from hsad_scale.tiles import background_stats_graph, feature_score_map, feature_stats_graph, feature_tiles, score_map
 
 ENSEMBLES = ("mean", "max")
 #: Pixels of the training sample (evenly strided: it is a random sample already) whose scores

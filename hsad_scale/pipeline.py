@@ -20,7 +20,8 @@ from hsad_scale.checks import check_detect_inputs, saved_method  # noqa: F401 (s
 from hsad_scale.errors import InputError, raise_if_interrupted
 from hsad_scale.locations import absolute
 from hsad_scale.stats import BackgroundStats
-from hsad_scale.tiles import map_roc_counts, score_map
+from hsad_scale.roc_tiles import map_roc_counts
+from hsad_scale.tiles import score_map
 
 ENSEMBLES = ("mean", "max")  # as hsad_scale.learned.ENSEMBLES (not imported here: it loads torch)
 
