@@ -53,7 +53,7 @@ def run_pyod(cube: Path, config: dict, train_pixels: int) -> dict:
 
     from hsad_scale.cube import open_cube
     from hsad_scale.detectors import autoencoder as ae
-    from hsad_scale.tiles import sample_pixels
+    from hsad_scale.sampling import sample_pixels
 
     torch.set_num_threads(2)
     ds = open_cube(cube)

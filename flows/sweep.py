@@ -1,9 +1,10 @@
-"""The ``sweep`` flow: the study's hyperparameter search.
+"""The ``sweep`` flow: the study's hyperparameter search, for any registered detector.
 
-A grid file (see :mod:`hsad_scale.sweep`) names the method, its fixed settings and the
-swept lists; every (setting, repeat) is its own Prefect task (``trial-ae-s0-r0``...), run
-concurrently, each submitting one Dask task (``trial-ae-s0-r0-<token>``, on a worker with
-the ``GPU`` resource when the cluster has one) so the trials fan out over the workers. The
+A grid file (see :mod:`hsad_scale.sweep`) names the method (``rx``, ``local-rx``, ...,
+``ae``, ``vae``), its fixed settings and the swept lists; every (setting, repeat) is its own
+Prefect task (``trial-ae-s0-r0``, ``trial-local-rx-s1-r0``...), run concurrently, each
+submitting one Dask task (``trial-ae-s0-r0-<token>``; an AE/VAE trial on a worker with the
+``GPU`` resource when the cluster has one) so the trials fan out over the workers. The
 results table (``results.csv``, ``results.parquet``), the averaged-ROC plots per swept
 parameter (``roc-<param>.png``) and the best setting (``best.json``) are written whole into
 ``out``, and published as artifacts.

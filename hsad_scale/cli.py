@@ -232,7 +232,7 @@ def _serve(args) -> None:
 
 def _evaluate(args) -> None:
     from hsad_scale.evaluate import metrics_from_counts
-    from hsad_scale.tiles import map_roc_counts
+    from hsad_scale.roc_tiles import map_roc_counts
 
     if args.json:  # an existing file is kept unless --overwrite: checked before any work
         from hsad_scale.atomic import check_destination
@@ -420,14 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dask-address", default=os.environ.get("HSAD_DASK_ADDRESS"),
                        help="scheduler of an existing Dask cluster (default: a LocalCluster; env HSAD_DASK_ADDRESS)")
 
-    p = sub.add_parser("sweep", help="hyperparameter sweep of the AE/VAE as a Prefect flow: table, averaged ROCs, best setting")
+    p = sub.add_parser("sweep", help="settings sweep of any detector as a Prefect flow: table, averaged ROCs, best setting")
     p.add_argument("cube", help="cube store with ground truth (or a scene file, ingested into DIR/cube.zarr)")
     p.add_argument("--grid", required=True, help="YAML grid file: method, fixed settings, swept lists (grid:)")
-    p.add_argument("--repeats", type=int, help="trainings per setting (seeds seed..seed+N-1; default: the grid file's, or 1)")
+    p.add_argument("--repeats", type=int, help="trials per setting (seeds seed..seed+N-1; default: the grid file's, or 1)")
     p.add_argument("--out", required=True, help="folder to create: results.csv/.parquet, roc-<param>.png, best.json")
     p.add_argument("--criterion", help="figure that picks the best setting (default auc): auc, tpr_at_fpr_0.001, "
                                        "tpr_at_fpr_0.01, tpr_at_fpr_0.1, pauc_0.01")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="training device (default auto)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="AE/VAE training device (default auto)")
     dask_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(run=_sweep)

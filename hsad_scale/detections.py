@@ -326,10 +326,10 @@ def _add(a, b):
 def _summed(grid: list[list], name: str):
     """The per-tile counts of ``grid`` added pairwise in a tree on the scheduler (the client
     receives one total, not every tile's counts)."""
-    from hsad_scale.tiles import _tree_merge
+    from hsad_scale.tiles import tree_merge
 
     parts = _flat(grid)
-    return _tree_merge(parts, _add, name, tokenize(*[p.key for p in parts])).compute()
+    return tree_merge(parts, _add, name, tokenize(*[p.key for p in parts])).compute()
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Exact curves from counts, not from a sort of every pixel: the distinct scores of the anomaly
 pixels are the thresholds, and the background pixels are counted between and at them
 (:class:`RocCounts`). Memory follows the number of anomaly pixels, and the counts of tiles
-add up, so :mod:`hsad_scale.tiles` evaluates maps of any size tile by tile on a cluster."""
+add up, so :mod:`hsad_scale.roc_tiles` evaluates maps of any size tile by tile on a cluster."""
 
 from __future__ import annotations
 

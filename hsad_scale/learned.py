@@ -24,8 +24,8 @@ from hsad_scale.cluster import warm_up_scoring
 from hsad_scale.errors import InputError
 from hsad_scale.names import ENSEMBLES
 from hsad_scale.stats import Whitener, whitener
-from hsad_scale.tiles import (background_stats_graph, band_summary_and_sample_graph, feature_score_map,
-                              feature_stats_graph, feature_tiles, sample_pixels, score_map)
+from hsad_scale.sampling import band_summary_and_sample_graph, sample_pixels
+from hsad_scale.tiles import background_stats_graph, feature_score_map, feature_stats_graph, feature_tiles, score_map
 
 #: Pixels of the training sample (evenly strided: it is a random sample already) whose scores
 #: give each run's median and MAD for the ensemble: the standard error of a median from 50k

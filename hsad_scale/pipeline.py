@@ -21,7 +21,8 @@ from hsad_scale.errors import InputError, raise_if_interrupted
 from hsad_scale.locations import absolute
 from hsad_scale.names import DEVICES, ENSEMBLES, SCORE
 from hsad_scale.stats import BackgroundStats
-from hsad_scale.tiles import map_roc_counts, score_map
+from hsad_scale.roc_tiles import map_roc_counts
+from hsad_scale.tiles import score_map
 
 
 

@@ -2,7 +2,8 @@
 
 Everything here works on pixels as ``(n_pixels, n_features)`` arrays (features are bands
 for RX, residual bands or latent units for the autoencoders). The Dask wiring that feeds
-tiles into these functions lives in :mod:`hsad_scale.tiles`.
+tiles into these functions lives in :mod:`hsad_scale.tiles` (and, for the band summary,
+:mod:`hsad_scale.sampling`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Hyperparameter sweeps of the learned detectors (the study's search), without Prefect.
+"""Sweeps of any registered detector's settings (the study's search), without Prefect.
 
 A grid file (YAML) names the method, the fixed settings and the swept lists::
 
-    method: ae              # ae or vae
-    preset: default-ae      # optional (default: default-<method>)
+    method: ae              # any registered method: rx, local-rx, utd, rxd-utd, cluster-rx, ae, vae
+    preset: default-ae      # optional, AE/VAE only (default: default-<method>)
     fixed: {latent: 4}      # optional: settings shared by every trial
     grid:                   # the swept settings: every combination is one setting
       epochs: [1, 5]
@@ -11,10 +11,17 @@ A grid file (YAML) names the method, the fixed settings and the swept lists::
     repeats: 3              # optional (the command line's --repeats wins)
     criterion: auc          # optional: how the best setting is chosen (higher is better)
 
-Every key of ``fixed`` and ``grid`` is a field of the method's settings (``AEConfig`` /
-``VAEConfig``: epochs, layers, batch_size, lr, latent, metric, beta...). Each (setting,
-repeat) is one trial: the model is trained with seed ``seed + repeat`` on the scene's pixels
-(as ``hsad detect`` does) and its score map evaluated against the ground truth.
+or, for a statistical detector, e.g. ``method: local-rx`` with ``grid: {outer: [11, 21]}``.
+Every key of ``fixed`` and ``grid`` is a field of the method's settings object (``AEConfig``
+/ ``VAEConfig``: epochs, layers, batch_size, lr, latent, metric, beta...; ``LocalRXSettings``:
+inner, outer, covariance, components; ``ClusterRXSettings``: clusters, sample_pixels, seed...;
+see ``docs/detectors.md``). A method without settings (rx, utd, rxd-utd) takes no ``grid``:
+one setting, its defaults. Each (setting, repeat) is one trial: the detector is fitted (the
+AE/VAE trained with seed ``seed + repeat``; a detector with a ``seed`` setting likewise; the
+others are deterministic, so their repeats agree) on the scene's pixels through the one
+fitting path (:mod:`hsad_scale.fitting`, as ``hsad detect`` does), its score map written to a
+temporary store and counted against the ground truth tile by tile
+(:func:`hsad_scale.roc_tiles.map_roc_counts`, as ``hsad detect`` evaluates).
 :func:`run_trial` is a plain function that returns a row of the results table; the flow in
 ``flows/sweep.py`` (or :func:`run_sweep`) runs the trials as tasks on the workers, then
 :func:`write_outputs` writes ``results.csv``/``results.parquet`` (one row per setting and
@@ -34,13 +41,12 @@ import numpy as np
 import yaml
 
 from hsad_scale import cube as cubes, evaluate, fitting, learned, outputs, plots, report
-from hsad_scale.detectors import autoencoder as ae
+from hsad_scale.detectors import autoencoder as ae, base
 from hsad_scale.errors import InputError
 from hsad_scale.names import METRIC_KEYS as CRITERIA
 
 METRIC_COLUMNS = CRITERIA
 GRID_KEYS = ("method", "preset", "fixed", "grid", "repeats", "criterion")
-METHODS = ("ae", "vae")
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class Setting:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k}={_text(v)}" for k, v in self.values.items())
+        return ", ".join(f"{k}={_text(v)}" for k, v in self.values.items()) or "defaults"
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,7 @@ class SweepSpec:
     """A parsed, validated grid file."""
 
     method: str
-    preset: str
+    preset: str | None
     fixed: dict = field(default_factory=dict)
     grid: dict = field(default_factory=dict)
     repeats: int = 1
@@ -72,7 +78,8 @@ class SweepSpec:
         return list(self.grid)
 
     def settings(self) -> list[Setting]:
-        """Every combination of the swept values, in file order (last key varies fastest)."""
+        """Every combination of the swept values, in file order (last key varies fastest); one
+        setting (the defaults and ``fixed``) when nothing is swept."""
         combos = itertools.product(*self.grid.values())
         width = len(str(max(math.prod(len(v) for v in self.grid.values()) - 1, 0)))
         return [Setting(f"s{i:0{width}d}", dict(zip(self.grid, combo))) for i, combo in enumerate(combos)]
@@ -81,13 +88,19 @@ class SweepSpec:
         """(setting, repeat) pairs: every setting, each repeated ``repeats`` times."""
         return [(s, r) for s in self.settings() for r in range(self.repeats)]
 
-    def config(self, setting: Setting, repeat: int = 0):
-        """The detector settings of one trial: preset, then ``fixed``, then the setting's
-        values; seed ``seed + repeat``."""
-        base = learned.resolve_config(self.method, self.preset)
+    def config(self, setting: Setting, repeat: int = 0) -> base.Settings:
+        """The detector's settings object for one trial: the AE/VAE preset (else the
+        method's defaults), then ``fixed``, then the setting's values; ``seed + repeat``
+        where the settings have a seed."""
+        values = {**self.fixed, **setting.values}
         try:
-            config = base.replace(**{**self.fixed, **setting.values})
-            return config.replace(seed=config.seed + repeat) if repeat else config
+            if self.preset is not None:
+                config = learned.resolve_config(self.method, self.preset).replace(**values)
+            else:
+                config = base.detector_class(self.method).settings_type.from_dict(values)
+            if repeat and "seed" in config.field_names():
+                config = config.from_dict({**config.to_dict(), "seed": config.seed + repeat})
+            return config
         except (TypeError, ValueError) as exc:
             where = f"grid setting {setting.label}" if setting.values else "fixed settings"
             raise InputError(f"{self._name()}: {where}: {exc}") from None
@@ -116,24 +129,22 @@ def parse_grid(data, source: str | None = None, repeats: int | None = None,
     if unknown:
         raise InputError(f"{name}: unknown key(s) {', '.join(map(str, unknown))}; valid: {', '.join(GRID_KEYS)}")
     method = data.get("method")
-    if method not in METHODS:
-        raise InputError(f"{name}: method must be one of {', '.join(METHODS)}, got {method!r}")
-    preset = data.get("preset") or learned.DEFAULT_PRESET[method]
-    if preset not in ae.PRESETS or ae.PRESETS[preset].kind != method:
-        valid = sorted(k for k, v in ae.PRESETS.items() if v.kind == method)
-        raise InputError(f"{name}: unknown {method} preset {preset!r}; valid: {', '.join(valid)}")
+    if method not in base.methods():
+        raise InputError(f"{name}: method must be one of {', '.join(base.methods())}, got {method!r}")
+    preset, fields = _preset_and_fields(name, method, data.get("preset"))
     fixed = data.get("fixed") or {}
     grid = data.get("grid")
+    if grid is None and not fields:  # a method without settings: one setting, nothing swept
+        grid = {}
     if not isinstance(fixed, dict):
         raise InputError(f"{name}: fixed must be a mapping of settings, e.g. fixed: {{latent: 4}}")
-    if not isinstance(grid, dict) or not grid:
+    if not isinstance(grid, dict) or (not grid and fields):
         raise InputError(f"{name}: grid must map at least one setting to a list of values, e.g. grid: {{epochs: [1, 5]}}")
-    fields = set(ae.PRESETS[preset].field_names())
     for where, keys in (("fixed", fixed), ("grid", grid)):
         bad = sorted(str(k) for k in keys if k not in fields)
         if bad:
             raise InputError(f"{name}: unknown {method} setting(s) in {where}: {', '.join(bad)}; "
-                             f"valid: {', '.join(sorted(fields))}")
+                             f"valid: {', '.join(sorted(fields)) or f'none ({method} has no settings)'}")
     both = sorted(set(fixed) & set(grid))
     if both:
         raise InputError(f"{name}: {', '.join(both)} both fixed and swept; keep each setting in one place")
@@ -153,6 +164,21 @@ def parse_grid(data, source: str | None = None, repeats: int | None = None,
     for setting in spec.settings():  # every combination must make valid settings
         spec.config(setting)
     return spec
+
+
+def _preset_and_fields(name: str, method: str, preset: str | None) -> tuple[str | None, set]:
+    """The AE/VAE preset (None for the other methods, which have none) and the names of the
+    method's settings; InputError for an unknown preset or a preset given to another method."""
+    cls = base.detector_class(method)
+    if not cls.needs_torch:
+        if preset:
+            raise InputError(f"{name}: {method} has no presets (got {preset!r}); set its settings in fixed/grid")
+        return None, set(cls.settings_type.field_names())
+    preset = preset or learned.DEFAULT_PRESET[method]
+    if preset not in ae.PRESETS or ae.PRESETS[preset].kind != method:
+        valid = sorted(k for k, v in ae.PRESETS.items() if v.kind == method)
+        raise InputError(f"{name}: unknown {method} preset {preset!r}; valid: {', '.join(valid)}")
+    return preset, set(ae.PRESETS[preset].field_names())
 
 
 def load_grid(path, repeats: int | None = None, criterion: str | None = None) -> SweepSpec:
@@ -180,9 +206,12 @@ def check_cube(cube_path) -> None:
 
 
 def run_trial(cube_path, spec: SweepSpec, setting: Setting, repeat: int, device: str = "auto") -> dict:
-    """Train and score one (setting, repeat) on the whole scene and return its result row:
-    ``setting``, ``repeat``, each swept value, AUC, TPR at low FPR, partial AUC, training
-    time... and ``roc_tpr`` (TPR on :data:`evaluate.FPR_GRID`, for averaged curves).
+    """Fit and score one (setting, repeat) on the whole scene and return its result row:
+    ``setting``, ``repeat``, each swept value, AUC, TPR at low FPR, partial AUC, fitting time
+    (``train_seconds``: the AE/VAE's training, the others' statistics)... and ``roc_tpr``
+    (TPR on :data:`evaluate.FPR_GRID`, for averaged curves). The score map is written tile
+    by tile to a temporary store and counted from there (:func:`trial_figures`): memory
+    follows the tiles, not the scene.
 
     Runs in this process (on a Dask worker when the sweep submits it there), with Dask's
     synchronous scheduler for the reductions over the cube: one trial, one core."""
@@ -190,20 +219,20 @@ def run_trial(cube_path, spec: SweepSpec, setting: Setting, repeat: int, device:
 
     start = time.perf_counter()
     config = spec.config(setting, repeat)
+    torch_method = base.detector_class(spec.method).needs_torch
     with dask.config.set(scheduler="synchronous"):
         ds = cubes.open_cube(cube_path)
         if cubes.GROUND_TRUTH not in ds:
             raise InputError(f"{cube_path} has no ground truth")
         cube = ds[cubes.CUBE]
         det = fitting.fit_detector(cube, spec.method, config, client=None, repeats=1, device=device)
-        scores, _ = fitting.score_detector(cube, det, metrics=(config.metric,))
-        models, workers = det.models, det.workers
-        score = scores["score_runs"].isel(run=0).values
-    truth = ds[cubes.GROUND_TRUTH].values
-    figures, (fpr, tpr) = evaluate.metrics_and_roc(score, truth)
-    history = models[0].history
+        fit_seconds = time.perf_counter() - start
+        scores, _ = fitting.score_detector(cube, det, metrics=(config.metric,) if torch_method else None)
+        score = scores["score_runs"].isel(run=0) if "score_runs" in scores else scores["score"]
+        figures, (fpr, tpr) = trial_figures(score, ds[cubes.GROUND_TRUTH])
+    history = det.models[0].history if torch_method else {"seconds": fit_seconds, "device": "cpu"}
     return {
-        **_row_head(spec, setting, repeat, config.seed),
+        **_row_head(spec, setting, repeat, getattr(config, "seed", None)),
         **{k: figures[k] for k in METRIC_COLUMNS},
         "n_anomaly": figures["n_anomaly"], "n_background": figures["n_background"],
         "train_seconds": round(float(history.get("seconds", float("nan"))), 3),
@@ -211,10 +240,39 @@ def run_trial(cube_path, spec: SweepSpec, setting: Setting, repeat: int, device:
         "epochs_run": history.get("epochs_run"),
         "steps": history.get("steps"),
         "device": history.get("device"),
-        "worker": workers[0],
+        "worker": det.workers[0] if torch_method else _worker_name(),
         "error": None,
         "roc_tpr": np.interp(evaluate.FPR_GRID, fpr, tpr).astype(np.float32),
     }
+
+
+def trial_figures(score, truth) -> tuple[dict, tuple[np.ndarray, np.ndarray]]:
+    """:func:`evaluate.metrics_from_counts` of a lazy score map ``(y, x)`` against the ground
+    truth ``(y, x)``: the map is computed once, tile by tile, into a temporary Zarr store
+    (on the current Dask scheduler), then counted from it as ``hsad detect`` counts its
+    written scores (:func:`hsad_scale.roc_tiles.map_roc_counts`: tile by tile above
+    :data:`~hsad_scale.roc_tiles.IN_MEMORY_MAX_PIXELS`, never a whole map in memory)."""
+    import tempfile
+
+    import xarray as xr
+
+    from hsad_scale.roc_tiles import map_roc_counts
+
+    with tempfile.TemporaryDirectory(prefix="hsad-trial-") as tmp:
+        store = Path(tmp) / "score.zarr"
+        outputs.write_scores(xr.Dataset({"score": score}), store)
+        written = xr.open_zarr(store, consolidated=True)["score"]
+        return evaluate.metrics_from_counts(map_roc_counts(written, truth))
+
+
+def _worker_name():
+    """The name of the Dask worker running this code (None outside a worker)."""
+    from distributed import get_worker
+
+    try:
+        return get_worker().name
+    except ValueError:
+        return None
 
 
 def failed_row(spec: SweepSpec, setting: Setting, repeat: int, error: BaseException | str) -> dict:
@@ -238,14 +296,14 @@ def trial_key(spec: SweepSpec, setting: Setting, repeat: int, token: str) -> str
 
 
 def submit_trial(client, cube_path, spec: SweepSpec, setting: Setting, repeat: int, device: str = "auto"):
-    """Submit :func:`run_trial` to the cluster as one task (on a GPU worker when the cluster
-    has one); returns its future."""
+    """Submit :func:`run_trial` to the cluster as one task (an AE/VAE trial on a GPU worker
+    when the cluster has one); returns its future."""
     import dask
 
     token = dask.base.tokenize(str(cube_path), spec.to_dict(), setting.id, repeat, device)
+    resources = learned.gpu_resources(client) if base.detector_class(spec.method).needs_torch else None
     return client.submit(run_trial, str(cube_path), spec, setting, repeat, device,
-                         key=trial_key(spec, setting, repeat, token[:10]),
-                         resources=learned.gpu_resources(client), pure=False)
+                         key=trial_key(spec, setting, repeat, token[:10]), resources=resources, pure=False)
 
 
 def run_trial_on(client, cube_path, spec: SweepSpec, setting: Setting, repeat: int, device: str = "auto") -> dict:

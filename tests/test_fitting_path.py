@@ -1,6 +1,7 @@
 """One fitting path: ``hsad detect`` (pipeline), the accessor and the sweep give the same
-scores for the same settings (they all fit and score through hsad_scale.fitting); the CLI
-takes every registered method and refuses a --method other than the saved model's."""
+scores (the sweep: the same figures) for the same settings of every method (they all fit and
+score through hsad_scale.fitting); the CLI takes every registered method and refuses a
+--method other than the saved model's."""
 
 from __future__ import annotations
 
@@ -56,6 +57,14 @@ def test_every_registered_method_runs_from_the_cli_and_equals_the_accessor(small
     settings = {k: int(v) for k, v in (s.split("=") for s in sets)}
     accessor = cubes.open_cube(small_scene).hsad.detect(method, **settings)["score"].values
     np.testing.assert_allclose(accessor, cli, rtol=1e-5, atol=1e-6 * np.nanmax(np.abs(cli)))
+    # the sweep's trial of the same settings: the figures of the CLI's map
+    swept = dict(list(settings.items())[:1])
+    spec = sweeps.parse_grid({"method": method, "fixed": {k: v for k, v in settings.items() if k not in swept},
+                              "grid": {k: [v] for k, v in swept.items()}}, "grid.yaml")
+    row = sweeps.run_trial(small_scene, spec, spec.settings()[0], 0)
+    want = evaluate.metrics(cli, cubes.open_cube(small_scene)[cubes.GROUND_TRUTH].values)
+    assert {k: row[k] for k in ("auc", "tpr_at_fpr_0.01", "pauc_0.01")} == pytest.approx(
+        {k: want[k] for k in ("auc", "tpr_at_fpr_0.01", "pauc_0.01")}, abs=1e-6)
     # the saved model scores the cube again, with its method read from it
     again = tmp_path / f"{method}-again"
     assert main(["detect", str(small_scene), "--model", str(out), "--out", str(again),

@@ -97,7 +97,7 @@ def test_tile_by_tile_evaluation_equals_in_memory_on_real_scenes(had_dir, manife
     import dask.array as da
 
     from hsad_scale import evaluate
-    from hsad_scale.tiles import roc_counts_map
+    from hsad_scale.roc_tiles import roc_counts_map
 
     for row in manifest:
         cube, truth = load_mat_scene(had_dir, row)
@@ -112,26 +112,26 @@ def test_tile_by_tile_evaluation_equals_in_memory_on_real_scenes(had_dir, manife
 
 
 def test_detect_evaluates_large_maps_tile_by_tile(tmp_path, client, monkeypatch):
-    """Above tiles.IN_MEMORY_MAX_PIXELS, hsad detect counts dask-backed maps tile by tile
+    """Above roc_tiles.IN_MEMORY_MAX_PIXELS, hsad detect counts dask-backed maps tile by tile
     (never whole numpy maps), and its figures equal an in-memory evaluation of the written scores."""
     import json
 
     import xarray as xr
 
-    from hsad_scale import evaluate, pipeline, tiles
+    from hsad_scale import evaluate, pipeline, roc_tiles
 
     store = synth(tmp_path / "s.zarr", SceneSpec(90, 80, 8, seed=5), chunk=32)
     seen = []
-    original = tiles.roc_counts_map
+    original = roc_tiles.roc_counts_map
 
     def spy(score, truth):
         seen.append((type(score), type(truth)))
         return original(score, truth)
 
-    monkeypatch.setattr(tiles, "IN_MEMORY_MAX_PIXELS", 1000)
-    monkeypatch.setattr(tiles, "roc_counts_map", spy)
+    monkeypatch.setattr(roc_tiles, "IN_MEMORY_MAX_PIXELS", 1000)
+    monkeypatch.setattr(roc_tiles, "roc_counts_map", spy)
     out = pipeline.run_detect(store, tmp_path / "run", client=client, quiet=True)
-    assert seen and all(s is tiles.da.Array and t is tiles.da.Array for s, t in seen)
+    assert seen and all(s is roc_tiles.da.Array and t is roc_tiles.da.Array for s, t in seen)
     written = xr.open_zarr(out / "scores.zarr", consolidated=False)["score"].values
     truth = cubes.open_cube(store)[cubes.GROUND_TRUTH].values
     figures = json.loads((out / "metrics.json").read_text())

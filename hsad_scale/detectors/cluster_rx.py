@@ -106,19 +106,19 @@ def _indexed_tile_sample(block: np.ndarray, picks: np.ndarray, first_row: int, f
 
 
 def scene_order_sample(cube, n_samples: int, seed: int) -> np.ndarray:
-    """The valid pixels of :func:`hsad_scale.tiles.sample_pixels` (the same uniform choice)
+    """The valid pixels of :func:`hsad_scale.sampling.sample_pixels` (the same uniform choice)
     ``(n, B)`` float32, in the scene's row-major order whatever the tiles: k-means then starts
     from the same pixels for any chunking."""
     import dask
 
-    from hsad_scale.tiles import _sample_plan
+    from hsad_scale.sampling import sample_plan
 
     blocks = cube.data.to_delayed()
     row_edges = np.cumsum((0, *cube.data.chunks[1]))
     col_edges = np.cumsum((0, *cube.data.chunks[2]))
     parts = [dask.delayed(_indexed_tile_sample, pure=True)(blocks[0, bi, bj], local, int(row_edges[bi]),
                                                            int(col_edges[bj]), cube.shape[2])
-             for (bi, bj), local in _sample_plan(cube, n_samples, seed)]
+             for (bi, bj), local in sample_plan(cube, n_samples, seed)]
     parts = dask.compute(*parts)
     index = np.concatenate([p[0] for p in parts])
     pixels = np.concatenate([p[1] for p in parts]) if parts else np.empty((0, cube.shape[0]), np.float32)

@@ -78,7 +78,7 @@ def halo_map(cube: xr.DataArray, tile_fn: TileFn, outer: tuple[int, int], extra=
     width)) of its pixels cover, that slice's origin in the scene, the tile's rows and
     columns ``(r0, r1, c0, c1)`` and the scene's shape. ``extra`` is sent to each worker once.
     The map has the cube's chunks along y and x and its spatial coords."""
-    from hsad_scale.tiles import _as_map
+    from hsad_scale.tiles import as_map
 
     data = cube.data if len(cube.data.chunks[0]) == 1 else cube.data.rechunk({0: -1})
     _, n_rows, n_cols = data.shape
@@ -98,4 +98,4 @@ def halo_map(cube: xr.DataArray, tile_fn: TileFn, outer: tuple[int, int], extra=
                                                     extra_key, dask_key_name=f"{name}-{token}-{bi}-{bj}")
             row.append(da.from_delayed(tile, shape=(r1 - r0, c1 - c0), dtype=np.float32))
         rows.append(row)
-    return _as_map(cube, da.block(rows)[None], 1)
+    return as_map(cube, da.block(rows)[None], 1)
