@@ -118,15 +118,18 @@ def detect(src: str, out: str, method: str = "rx", preset: str | None = None, co
            ensemble: str = "mean", device: str = "auto", model: str | None = None, overwrite: bool = False,
            dask_address: str | None = None, gt: str | None = None, cube_key: str | None = None,
            gt_key: str | None = None, chunk: int = 256, acquisition: dict | None = None, pfa: float = 1e-3,
-           threshold: str = "empirical", normalise: bool = False) -> str:
+           threshold: str = "empirical", normalise: bool = False, band_axis: str | None = None,
+           drop_bands: str | None = None, swath: bool = False, background_mask: str | None = None) -> str:
     """Score every pixel of ``src`` (a cube store or any scene file ``hsad ingest`` reads)
     into the run folder ``out``; the same options as ``hsad detect`` (``acquisition``: what
     the watch flow records about the source). Returns ``out``."""
     options = DetectOptions(method=method, preset=preset, config_file=config, settings=tuple(settings or ()),
                             metrics=tuple(metrics) if metrics else None, repeats=repeats, ensemble=ensemble,
-                            device=device, model=model, pfa=pfa, threshold=threshold, normalise=normalise)
+                            device=device, model=model, pfa=pfa, threshold=threshold, normalise=normalise,
+                            background_mask=background_mask)
     run_dir = run_detect(src, out, options, overwrite=overwrite, dask_address=dask_address,
-                         ingest_options=dict(gt=gt, cube_key=cube_key, gt_key=gt_key, chunk=chunk),
+                         ingest_options=dict(gt=gt, cube_key=cube_key, gt_key=gt_key, chunk=chunk,
+                                             band_axis=band_axis, drop_bands=drop_bands, swath=swath),
                          stage=TaskStages(), record_extra={"prefect": flow_run_record(),
                                                            **({"acquisition": acquisition} if acquisition else {})})
     publish_report(str(run_dir))

@@ -66,8 +66,6 @@ def _background_mask(args, method: str):
     from hsad_scale import fitting
     from hsad_scale.background_mask import check_file
 
-    if getattr(args, "flow", False):
-        raise InputError("--background-mask is not passed to the detect flow yet: run without --flow")
     fitting.check_mask_method(method, args.model)
     return check_file(args.background_mask)  # None for polygons: rasterised on the cube's grid later
 
@@ -108,9 +106,6 @@ def _detect_flow(args) -> None:
     from hsad_scale import locations
 
     locations.check_destination(args.out, args.overwrite)  # bad input fails before Prefect starts
-    if args.band_axis or args.drop_bands or args.swath:
-        raise InputError("--band-axis, --drop-bands and --swath are not passed to the detect flow yet: "
-                         "run without --flow, or ingest first (hsad ingest ... --drop-bands ...)")
     if not locations.exists(args.src):
         raise InputError(f"{args.src} does not exist")
     from flows import local_run, start_prefect
@@ -124,13 +119,21 @@ def _detect_flow(args) -> None:
                                  repeats=args.repeats, ensemble=args.ensemble, device=args.device, model=args.model,
                                  pfa=args.pfa, threshold=args.threshold, normalise=args.normalise))
     from flows.detect import detect
+    from hsad_scale import cluster
 
-    with local_run(args.dask_address, prefect=prefect) as address:
+    with contextlib.ExitStack() as stack:
+        address = args.dask_address
+        if args.dashboard_address is not None and cluster.local_cluster_wanted(address):
+            # the LocalCluster with its dashboard where asked (local_run would start one on the default)
+            address = stack.enter_context(cluster.dask_client(None, dashboard_address=args.dashboard_address)
+                                          ).scheduler.address
+        address = stack.enter_context(local_run(address, prefect=prefect))
         detect(src=args.src, out=args.out, method=args.method, preset=args.preset, config=args.config,
                settings=list(args.set or ()), metrics=metrics, repeats=args.repeats, ensemble=args.ensemble,
                device=args.device, model=args.model, overwrite=args.overwrite, dask_address=address, gt=args.gt,
                cube_key=args.cube_key, gt_key=args.gt_key, chunk=args.chunk, pfa=args.pfa, threshold=args.threshold,
-               normalise=args.normalise)
+               normalise=args.normalise, band_axis=args.band_axis, drop_bands=args.drop_bands, swath=args.swath,
+               background_mask=args.background_mask)
 
 
 def _detections(args) -> None:

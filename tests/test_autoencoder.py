@@ -481,3 +481,38 @@ def test_adam_steps_are_torch_optim_adam_bit_for_bit(fused):
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         assert torch.equal(a, b)
     assert all(not torch.equal(a, b) for a, b in zip(nets[0].parameters(), initial))  # it did train
+
+
+@pytest.mark.parametrize("remove", ["check", "keyword"])
+def test_training_falls_back_to_torch_optim_adam_when_the_private_api_is_missing(monkeypatch, remove):
+    """A PyTorch without ``_device_dtype_check_for_fused`` or a keyword ``_Adam`` passes to the
+    functional ``adam`` trains with ``torch.optim.Adam`` instead: the same model, bit for bit."""
+    import importlib
+
+    from hsad_scale.detectors import autoencoder as ae
+
+    adam_module = importlib.import_module("torch.optim.adam")  # torch.optim deletes its submodules' names
+    optimizer_module = importlib.import_module("torch.optim.optimizer")
+
+    px = np.random.default_rng(3).normal(size=(400, 12)).astype(np.float32)
+    config = AEConfig(members=1, latent=3, max_steps=15, seed=0)
+    net = AENet(config, 12)
+    assert isinstance(ae._adam(net, 1e-2, torch.device("cpu")), ae._Adam)
+    expected = score_in_memory(fit(px, config, device="cpu"), px)
+    if remove == "check":
+        monkeypatch.delattr(optimizer_module, "_device_dtype_check_for_fused")
+    else:
+        import inspect
+
+        full = adam_module.adam
+
+        def older_adam(*args, **kwargs):  # the update itself is unchanged; torch.optim.Adam calls it too
+            return full(*args, **kwargs)
+
+        signature = inspect.signature(full)
+        older_adam.__signature__ = signature.replace(parameters=[
+            p for name, p in signature.parameters.items() if name != "decoupled_weight_decay"])
+        monkeypatch.setattr(adam_module, "adam", older_adam)  # as PyTorch 2.6: no decoupled_weight_decay
+    fallback = ae._adam(net, 1e-2, torch.device("cpu"))
+    assert type(fallback) is torch.optim.Adam and fallback.param_groups[0]["fused"] is True
+    np.testing.assert_array_equal(score_in_memory(fit(px, config, device="cpu"), px), expected)

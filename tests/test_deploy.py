@@ -278,6 +278,26 @@ def test_the_deploy_readme_commands_name_existing_files_and_valid_options():
                     assert f'"{word}"' in source, (word, script)
         elif tool == "prefect" and words[1] == "deploy":
             assert (ROOT / _option(words, "--prefect-file")).is_file(), words
+        elif tool == "prefect" and words[1:3] == ["deployment", "run"]:  # FLOW/DEPLOYMENT -p name=value
+            flow_name, deployment = words[3].split("/")
+            entry = next(d for d in _load("prefect.yaml")["deployments"] if d["name"] == deployment)
+            from prefect.flows import load_flow_from_entrypoint
+
+            flow = load_flow_from_entrypoint(str(ROOT / entry["entrypoint"]))
+            given = dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "-p")
+            assert flow.name == flow_name and set(given) <= set(flow.parameters.properties), words
+            flow.validate_parameters({**entry.get("parameters", {}), **given})  # complete and typed
         elif tool == "mkdir":
             assert words[-1].startswith("deploy/"), words
     assert {"hsad", "docker", "kubectl", "python", "prefect"} <= seen
+
+
+def test_the_deploy_readme_grid_file_is_a_valid_sweep_grid(tmp_path):
+    """The ``grid.yaml`` the deploy README shows for ``hsad sweep`` loads as a sweep grid."""
+    from hsad_scale import sweep as sweeps
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (DEPLOY / "README.md").read_text(), flags=re.S)
+    assert len(blocks) == 1
+    (tmp_path / "grid.yaml").write_text(blocks[0])
+    spec = sweeps.load_grid(tmp_path / "grid.yaml", 5)
+    assert spec.method == "ae" and spec.fixed == {"latent": 4} and spec.grid == {"epochs": [1, 5], "layers": [2, 4]}

@@ -112,16 +112,57 @@ def test_detect_flow_gives_the_scores_and_run_folder_of_hsad_detect(had_dir, man
     assert {a.type for a in artifacts} == {"table", "markdown"}
     markdown = next(a for a in artifacts if a.type == "markdown").data
     assert "map.png" in markdown and "roc.png" in markdown and "AUC" in markdown
-    tables = [a for a in artifacts if a.type == "table"]
-    assert any("auc" in (t.data if isinstance(t.data, str) else json.dumps(t.data)) for t in tables)
-    assert any("Detections of RX" in (t.description or "") for t in tables)  # the detection table
+    tables = {("detections" if t.description.startswith("Detections of RX") else "metrics"):
+              (json.loads(t.data) if isinstance(t.data, str) else t.data)
+              for t in artifacts if t.type == "table"}
+    assert set(tables) == {"metrics", "detections"}
+    # the metrics table: one row per figure of run.json's metrics, the value rounded to 6 digits
+    assert all(set(row) == {"figure", "value"} for row in tables["metrics"])
+    figures = {k: v for k, v in run["metrics"].items() if isinstance(v, (int, float))}
+    assert {row["figure"]: row["value"] for row in tables["metrics"]} == {
+        k: round(v, 6) if isinstance(v, float) else v for k, v in figures.items()}
+    assert {"auc", "tpr_at_fpr_0.01"} <= set(figures) and figures["auc"] > 0.5
+    assert json.loads((flow_out / "metrics.json").read_text())["auc"] == figures["auc"]
+    # the detection table: the first rows of detections/detections.csv, its columns, highest peaks first
+    csv = pd.read_csv(flow_out / "detections" / "detections.csv")
+    rows = tables["detections"]
+    assert len(rows) == min(len(csv), 50) > 0 and list(rows[0]) == list(csv.columns)
+    for row, (_, want) in zip(rows, csv.iterrows()):
+        for column in csv.columns:
+            value = want[column]
+            if isinstance(value, float) and np.isnan(value):
+                assert row[column] is None, column
+            elif isinstance(value, float):
+                assert row[column] == pytest.approx(round(value, 6), abs=1e-6), column
+            else:
+                assert row[column] == value, column
 
 
-def test_detect_flow_cli_exit_status_and_bad_input(small_cube, client, tmp_path, capsys):
-    out = tmp_path / "run"
+def test_detect_flow_cli_passes_every_option_and_exit_status_on_bad_input(small_cube, client, tmp_path, capsys):
+    """``hsad detect --flow`` with the source-layout options, a background mask and the
+    dashboard's address: the scores and run record of the plain command with the same options."""
+    import socket
+
+    out, plain = tmp_path / "run", tmp_path / "plain"
     address = client.scheduler.address
-    assert main(["detect", str(small_cube), "--out", str(out), "--flow", "--dask-address", address]) == 0
-    assert json.loads((out / "run.json").read_text())["prefect"]["flow"] == "detect"
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[:, :40] = True
+    np.save(tmp_path / "mask.npy", mask)
+    with socket.socket() as sock:  # a free port for the flow's LocalCluster dashboard
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    options = ["--drop-bands", "0-3", "--background-mask", str(tmp_path / "mask.npy")]
+    assert main(["detect", str(small_cube), "--out", str(out), "--flow", *options,
+                 "--dashboard-address", f"127.0.0.1:{port}"]) == 0
+    assert main(["detect", str(small_cube), "--out", str(plain), *options, "--dask-address", address]) == 0
+    run, want = (json.loads((folder / "run.json").read_text()) for folder in (out, plain))
+    assert run["prefect"]["flow"] == "detect"
+    assert run["dask"]["dashboard"] == f"http://127.0.0.1:{port}/status"
+    for key in ("options", "shape", "ingest", "background_mask", "background", "metrics"):
+        assert run[key] == want[key], key
+    assert run["shape"]["band"] == 20 and run["background_mask"]["pixels"] == mask.sum()
+    np.testing.assert_array_equal(xr.open_zarr(out / "scores.zarr", consolidated=False)["score"].values,
+                                  xr.open_zarr(plain / "scores.zarr", consolidated=False)["score"].values)
     # bad input: exit 2 with one line, before Prefect or a cluster starts
     assert main(["detect", str(tmp_path / "missing.mat"), "--out", str(tmp_path / "x"), "--flow"]) == 2
     assert main(["detect", str(small_cube), "--out", str(out), "--flow"]) == 2

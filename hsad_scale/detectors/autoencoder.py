@@ -321,9 +321,22 @@ class _Adam:
     imports ``torch._dynamo`` when first built: 1.75 s of a worker's time on 2 vCPUs, for a
     compiler training never uses."""
 
-    def __init__(self, params, lr: float):
-        from torch.optim.optimizer import _device_dtype_check_for_fused
+    # keyword arguments step() passes to torch.optim.adam.adam; ``decoupled_weight_decay`` is the
+    # newest (PyTorch 2.7), hence pyproject's ``torch>=2.7``
+    ADAM_KWARGS = ("foreach", "capturable", "differentiable", "fused", "grad_scale", "found_inf", "has_complex",
+                   "decoupled_weight_decay", "amsgrad", "beta1", "beta2", "lr", "weight_decay", "eps", "maximize")
 
+    def __init__(self, params, lr: float):
+        """Raises ImportError when this PyTorch lacks a private API the update relies on
+        (``_device_dtype_check_for_fused``, ``_get_scalar_dtype``, a keyword of ``adam``)."""
+        import inspect
+
+        from torch.optim.adam import adam
+        from torch.optim.optimizer import _device_dtype_check_for_fused, _get_scalar_dtype  # noqa: F401
+
+        missing = set(self.ADAM_KWARGS) - set(inspect.signature(adam).parameters)
+        if missing:
+            raise ImportError(f"torch.optim.adam.adam lacks {sorted(missing)}")
         self.params, self.lr, self.state = list(params), lr, {}
         try:
             for param in self.params:
@@ -356,8 +369,16 @@ class _Adam:
 
 
 def _adam(net: nn.Module, lr: float, dev: torch.device):
-    """Adam (:class:`_Adam`); the fused kernel where available (a third of the step time on a CPU)."""
-    return _Adam(net.parameters(), lr)
+    """Adam (:class:`_Adam`); the fused kernel where available (a third of the step time on a CPU).
+    A PyTorch whose private optimiser API differs (a release after the ones tested) gets
+    ``torch.optim.Adam`` itself: the same update, only slower to build the first time."""
+    try:
+        return _Adam(net.parameters(), lr)
+    except ImportError:
+        try:
+            return torch.optim.Adam(net.parameters(), lr=lr, fused=True)
+        except RuntimeError:  # a device or dtype without the fused kernel
+            return torch.optim.Adam(net.parameters(), lr=lr)
 
 
 def _holdout_loss(net: AENet, config, xh: torch.Tensor) -> float:
