@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from hsad_scale.errors import InputError, Interrupted, pending_interruption, raise_if_interrupted  # noqa: F401
+from hsad_scale.names import DEVICES, ENSEMBLES
 
 
 def _ingest(args) -> None:
@@ -373,9 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", help="comma-separated AE/VAE scores to map (first one is `score`): "
                                     "resid-mahal, mse, sam, l1, latent-mahal, joint-mahal")
     p.add_argument("--repeats", type=int, default=1, help="AE/VAE trainings with seeds seed..seed+N-1 (default 1)")
-    p.add_argument("--ensemble", default="mean", choices=("mean", "max"),
+    p.add_argument("--ensemble", default="mean", choices=ENSEMBLES,
                    help="combine repeated runs' robustly normalised maps by mean (default) or maximum")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="training device (default auto)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="training device (default auto)")
     p.add_argument("--model", help="apply a saved model (RUN_DIR/model, a model folder, or rx_stats.npz) without refitting")
     p.add_argument("--background-mask", metavar="FILE",
                    help="single-band GeoTIFF or .npy on the scene's grid (nonzero = background), or polygons "
@@ -430,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to create: results.csv/.parquet, roc-<param>.png, best.json")
     p.add_argument("--criterion", help="figure that picks the best setting (default auc): auc, tpr_at_fpr_0.001, "
                                        "tpr_at_fpr_0.01, tpr_at_fpr_0.1, pauc_0.01")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="AE/VAE training device (default auto)")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="AE/VAE training device (default auto)")
     dask_option(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(run=_sweep)
@@ -442,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--preset", help="AE/VAE settings preset")
         p.add_argument("--config", help="YAML file of AE/VAE settings")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one AE/VAE setting")
-        p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="training device (default auto)")
+        p.add_argument("--device", default="auto", choices=DEVICES, help="training device (default auto)")
         dask_option(p)
 
     p = sub.add_parser("watch", help="run detect once on every acquisition of a landing location not yet processed")
