@@ -11,8 +11,8 @@ modification time, so a pass reads only new or changed files. Bad input is recor
 skipped on later runs (the same bytes fail the same way); internal errors are retried on the
 next run. One failure never stops the other acquisitions.
 
-The ``watch`` flow in ``flows/watch.py`` runs these steps as tasks; :func:`run_watch` runs
-them in a plain loop.
+The ``watch`` flow in ``flows/watch.py`` (``hsad watch``, ``hsad serve``) runs these steps as
+tasks; it is the one loop over them.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import shutil
-import time
 import traceback
 import uuid
 from dataclasses import asdict, dataclass
@@ -373,46 +372,6 @@ def outcome(acq: Acquisition, digest: str, out, error: BaseException | None = No
 def record(out, entry: dict) -> dict:
     """Write one outcome into the ledger; returns it."""
     return Ledger(out).record(entry["hash"], entry)
-
-
-def process(acq: Acquisition, digest: str, out, options=None, *, client=None, dask_address=None,
-            quiet: bool = True) -> dict:
-    """Run ``hsad detect`` on one acquisition into ``OUT/<name>-<hash12>`` and record the
-    outcome in the ledger; never raises for a bad acquisition (the outcome says)."""
-    from hsad_scale.pipeline import run_detect
-
-    start = time.perf_counter()
-    local = None
-    try:
-        local = fetch(acq, out)
-        run_detect(local, Path(out) / run_name(acq, digest), options, client=client, dask_address=dask_address,
-                   quiet=quiet, record_extra={"acquisition": {**_row(acq, digest)}})
-        error = None
-    except Exception as exc:  # one bad file must not stop the others
-        error = exc
-    finally:
-        cleanup(acq, local)
-    return record(out, outcome(acq, digest, out, error, round(time.perf_counter() - start, 3)))
-
-
-def run_watch(landing: str, out, options=None, *, client=None, dask_address=None, quiet: bool = True) -> list[dict]:
-    """Process every acquisition of ``landing`` not yet in ``out``'s ledger (one pass);
-    returns a row per acquisition (done, failed or skipped)."""
-    from hsad_scale import cluster
-    from hsad_scale.locations import absolute
-
-    landing, out = str(absolute(landing)), absolute(out)  # the detect runs see other working directories
-    prepare_output(out)
-    acquisitions = list_acquisitions(landing)
-    todo, skipped = pending(acquisitions, [cached_hash(a, out) for a in acquisitions], out)
-    rows = [row for _, _, row in skipped]
-    if not todo:
-        return rows
-    with contextlib.ExitStack() as stack:
-        if client is None:
-            client = stack.enter_context(cluster.dask_client(dask_address))
-        rows += [process(acq, digest, out, options, client=client, quiet=quiet) for acq, digest in todo]
-    return rows
 
 
 def summary(rows: list[dict]) -> str:

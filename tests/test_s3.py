@@ -104,14 +104,25 @@ def test_a_failed_run_leaves_nothing_on_s3(s3_env, fs, tmp_path):
     assert not [p for p in fs.find(f"{BUCKET}/runs", withdirs=True) if "broken" in p]
 
 
-def test_watch_an_s3_landing_prefix(s3_env, fs, tmp_path, monkeypatch, had_dir):
-    from hsad_scale.watch import run_watch
+def test_watch_an_s3_landing_prefix(s3_env, fs, tmp_path, monkeypatch, had_dir, client, capsys):
+    """``hsad watch s3://.../landing/``: the acquisition is fetched and processed once; a second
+    pass finds it in the ledger and runs nothing."""
+    from hsad_scale.cli import main
 
     for name, value in s3_env.items():
         monkeypatch.setenv(name, value)
     fs.put(str(had_dir / "hydice.mat"), f"{BUCKET}/landing/hydice.mat")
-    rows = run_watch(f"s3://{BUCKET}/landing/", tmp_path / "out")
-    assert [(r["acquisition"], r["status"]) for r in rows] == [("hydice.mat", "done")], rows
-    run = next(p for p in (tmp_path / "out").iterdir() if p.name.startswith("hydice-"))
-    assert json.loads((run / "metrics.json").read_text())["auc"] > 0.9
-    assert [r["status"] for r in run_watch(f"s3://{BUCKET}/landing/", tmp_path / "out")] == ["skipped"]
+    out = tmp_path / "out"
+    command = ["watch", f"s3://{BUCKET}/landing/", "--out", str(out), "--dask-address", client.scheduler.address]
+    assert main(command) == 0, capsys.readouterr().err
+    ledger = json.loads((out / "ledger.json").read_text())
+    assert [e["acquisition"] for e in ledger["processed"].values()] == ["hydice.mat"] and not ledger["failed"]
+    runs = [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert [p.name.split("-")[0] for p in runs] == ["hydice"]
+    assert json.loads((runs[0] / "metrics.json").read_text())["auc"] > 0.9
+    stamp = (runs[0] / "run.json").stat().st_mtime_ns
+
+    assert main(command) == 0, capsys.readouterr().err
+    assert json.loads((out / "ledger.json").read_text())["processed"] == ledger["processed"]
+    assert [p for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")] == runs
+    assert (runs[0] / "run.json").stat().st_mtime_ns == stamp
