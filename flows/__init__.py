@@ -143,19 +143,22 @@ class PrefectStart:
             yield url
 
     def stop(self, timeout: float = 0) -> None:
-        """Stop the temporary server (its history goes with it: nothing to send), or send a
-        configured API what Prefect still holds (logs, events), so that the process may exit
-        without the interpreter's teardown. ``timeout``: seconds to wait for the server to
-        end before it is killed (0: no waiting, it shuts down on its own)."""
-        if not self.temporary:
-            try:
-                from prefect.events.worker import EventsWorker
-                from prefect.logging.handlers import APILogWorker
+        """Send the API what Prefect still holds (logs, events), then stop the temporary
+        server if this command started one. Sent to a temporary server too: otherwise, in a
+        process that lives on after the command (``main([...])`` called from Python, a test
+        session), Prefect's log and event workers keep retrying a server that is gone, and at
+        interpreter exit wait on it. ``timeout``: seconds to wait for the server to end
+        before it is killed (0: no waiting, it shuts down on its own)."""
+        try:
+            if "prefect" not in sys.modules:  # nothing was sent through it
+                raise LookupError
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
 
-                APILogWorker.drain_all(timeout=10, at_exit=False)
-                EventsWorker.drain_all(timeout=10, at_exit=False)
-            except Exception:  # best effort: the run itself is complete
-                pass
+            APILogWorker.drain_all(timeout=10, at_exit=False)
+            EventsWorker.drain_all(timeout=10, at_exit=False)
+        except Exception:  # best effort: the run itself is complete
+            pass
         self._terminate(timeout)
 
     def _terminate(self, timeout: float = 0) -> None:
