@@ -33,14 +33,16 @@ def write_scores(scores: xr.Dataset, path: Path, client=None) -> None:
 
 #: GDAL creation options of the Cloud Optimized GeoTIFFs (COG driver): 256-pixel tiles,
 #: deflate, internal overviews down to one tile, BigTIFF when needed.
-COG_OPTIONS = dict(driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=256, BIGTIFF="IF_SAFER")
+#: GDAL compresses the tiles and builds the overviews on every core (NUM_THREADS; the
+#: cluster's workers are idle while the main process writes the maps).
+COG_OPTIONS = dict(driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=256, BIGTIFF="IF_SAFER", NUM_THREADS="ALL_CPUS")
 
 
 @contextlib.contextmanager
 def cog_writer(path: Path, height: int, width: int, dtype: str, *, crs=None, transform=None, nodata=None,
                description: str = "", resampling: str = "AVERAGE", tags: dict | None = None):
-    """Yield ``write(first row, strip (rows, width))``; on exit, the strips (written to a
-    tiled GeoTIFF sibling, bounded memory) become the Cloud Optimized GeoTIFF ``path`` through
+    """Yield ``write(first row, strip (rows, width))``; on exit, the strips (written to an
+    uncompressed tiled GeoTIFF sibling, bounded memory) become the Cloud Optimized GeoTIFF ``path`` through
     GDAL's COG driver, with internal overviews (``resampling``: AVERAGE for scores, NEAREST
     for labels), band description, ``nodata`` and ``tags``. No ``crs``: the pixel grid (x =
     column, y = row)."""
@@ -53,7 +55,7 @@ def cog_writer(path: Path, height: int, width: int, dtype: str, *, crs=None, tra
     path = Path(path)
     strips = path.with_name(f".{path.name}.strips.tif")
     profile = dict(driver="GTiff", height=height, width=width, count=1, dtype=dtype, crs=crs, nodata=nodata,
-                   tiled=True, blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
+                   tiled=True, blockxsize=256, blockysize=256, BIGTIFF="IF_SAFER")  # uncompressed: read back once
     if crs is not None:
         profile["transform"] = transform
     try:
