@@ -596,3 +596,51 @@ def test_tampered_models_are_refused_without_running_their_code(cube, tmp_path, 
     proc = hsad("detect", cube, "--model", model, "--out", tmp_path / "run")
     assert_refused(proc, needle)
     assert not marker.exists() and not (tmp_path / "run").exists()
+
+
+def _session_processes(session: int) -> list:
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(process.pid) == session and process.pid != session:
+                found.append(process)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return found
+
+
+def _cmdline(process) -> str:
+    import psutil
+
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # ended meanwhile
+        return ""
+
+
+def test_flow_bad_input_found_after_the_prefect_api_was_launched_leaves_no_server(had_dir, tmp_path):
+    """``detect --flow`` launches its temporary Prefect API right after the source and
+    destination checks; an option refused after that (here ``--repeats 0``) is still exit 2
+    with one line, writes nothing, and the server it launched is gone with the command."""
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    out = tmp_path / "run"
+    proc = subprocess.Popen([*CLI, "detect", str(had_dir / "abu-airport-1.mat"), "--out", str(out), "--flow",
+                             "--repeats", "0"], stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    session = proc.pid
+    launched = False
+    while proc.poll() is None:  # the server is a child of the command while it runs
+        launched = launched or any("prefect" in _cmdline(p) for p in _session_processes(session))
+        time.sleep(0.02)
+    stderr = proc.stderr.read()
+    assert proc.returncode == 2, stderr
+    assert stderr.strip().splitlines() == ["hsad: error: --repeats must be at least 1, got 0"], stderr
+    assert launched, "the temporary Prefect API was not launched before the late check (test premise)"
+    deadline = time.monotonic() + 30
+    while _session_processes(session) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _session_processes(session), [_cmdline(p) for p in _session_processes(session)]
+    assert not out.exists() and not list(tmp_path.iterdir())
