@@ -53,6 +53,7 @@ class Reporter:
         self.start = time.monotonic()
         self.done = self.total = 0
         self.runs: dict = {}  # training run -> (step, total, loss)
+        self._reports = self._reports_written = 0  # training reports received / shown in a line
         self._drawn = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -65,6 +66,11 @@ class Reporter:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+        if not self.tty and self._reports != self._reports_written:
+            # a training's last report came after the last line (a training shorter than the
+            # interval, or its final step arriving just before the stage ends): a log still
+            # gets its steps and loss once
+            self._write()
         if self._drawn:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
@@ -82,6 +88,7 @@ class Reporter:
             run, step = event.get("run", 0), int(event["step"])
             if step >= self.runs.get(run, (0,))[0]:  # events may arrive out of order
                 self.runs[run] = (step, int(event["total"]), event.get("loss"))
+                self._reports += 1
 
     def line(self) -> str:
         """What the stage has done so far, in one line."""
@@ -109,12 +116,17 @@ class Reporter:
                         self.tasks(*counts)
             if self._stop.is_set():
                 return
-            if self.tty:
-                self.stream.write(f"\r\x1b[K[hsad] {self.line()}")
-                self._drawn = True
-            else:
-                self.stream.write(f"[hsad] progress: {self.line()}\n")
-            self.stream.flush()
+            self._write()
+
+    def _write(self) -> None:
+        with self._lock:
+            self._reports_written = self._reports
+        if self.tty:
+            self.stream.write(f"\r\x1b[K[hsad] {self.line()}")
+            self._drawn = True
+        else:
+            self.stream.write(f"[hsad] progress: {self.line()}\n")
+        self.stream.flush()
 
 
 def cluster_tasks(client):

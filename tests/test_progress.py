@@ -58,6 +58,22 @@ def test_training_reports_show_steps_and_loss():
     assert line.startswith("train-ae 40% (80/200 steps)") and "loss 0.375" in line
 
 
+def test_a_training_report_after_the_last_line_is_written_when_the_stage_ends(monkeypatch):
+    """A training shorter than the interval (its only report, the last step, arrives
+    between two lines) still leaves one line with its steps and loss in a log."""
+    monkeypatch.setenv(progress.INTERVAL_ENV, "30")
+    stream = io.StringIO()
+    with progress.Reporter("train-ae", stream=stream) as reporter:
+        reporter.training({"run": 0, "step": 1000, "total": 1000, "loss": 0.0125})
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and LINE.match(lines[0]), lines
+    assert LINE.match(lines[0])["unit"] == "steps" and lines[0].endswith(", loss 0.0125, 0 s elapsed"), lines
+    stream = io.StringIO()
+    with progress.Reporter("rx-stats", poll=lambda: (1, 2), stream=stream):
+        pass  # no training report: nothing more than the lines of each interval
+    assert stream.getvalue() == ""
+
+
 def _hsad(args, cwd, interval="0.1"):
     env = {**os.environ, progress.INTERVAL_ENV: interval}
     env.pop("HSAD_DASK_ADDRESS", None)
