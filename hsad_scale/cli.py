@@ -22,14 +22,21 @@ def _ingest(args) -> None:
     print(f"[hsad] wrote {args.dest}", file=sys.stderr)
 
 
+def _check_paths(args) -> None:
+    """The destination (local path or URL) is free, or ``--overwrite``; the source exists."""
+    from hsad_scale import locations
+
+    locations.check_destination(args.out, args.overwrite)
+    if not locations.exists(args.src):
+        raise InputError(f"{args.src} does not exist")
+
+
 def _check_detect(args) -> None:
     """What can be checked of a detect command line at once (no data read, nothing heavy
     imported): destination, source, scheduler address, options, AE/VAE settings and metrics."""
     from hsad_scale import checks, locations
 
-    locations.check_destination(args.out, args.overwrite)  # local paths, or URLs (s3://...)
-    if not locations.exists(args.src):
-        raise InputError(f"{args.src} does not exist")
+    _check_paths(args)
     checks.check_dask_address(args.dask_address)
     if args.dashboard_address is not None:
         checks.check_listen_address(args.dashboard_address, "--dashboard-address")
@@ -82,11 +89,8 @@ def _detect(args) -> None:
         # overlaps the other checks and the imports, which keep one core busy, instead of
         # delaying the flow run (0.7-1.2 s less on 2 cores; benchmarks/flow_overhead.py)
         from flows import start_prefect
-        from hsad_scale import locations
 
-        locations.check_destination(args.out, args.overwrite)
-        if not locations.exists(args.src):
-            raise InputError(f"{args.src} does not exist")
+        _check_paths(args)
         prefect = start_prefect()
         try:
             return _detect_checked(args, prefect)

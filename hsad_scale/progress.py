@@ -53,7 +53,7 @@ class Reporter:
         self.start = time.monotonic()
         self.done = self.total = 0
         self.runs: dict = {}  # training run -> (step, total, loss)
-        self._reports = self._reports_written = 0  # training reports received / shown in a line
+        self._unwritten = False  # a training report came after the last line
         self._drawn = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -66,7 +66,7 @@ class Reporter:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        if not self.tty and self._reports != self._reports_written:
+        if not self.tty and self._unwritten:
             # a training's last report came after the last line (a training shorter than the
             # interval, or its final step arriving just before the stage ends): a log still
             # gets its steps and loss once
@@ -88,7 +88,7 @@ class Reporter:
             run, step = event.get("run", 0), int(event["step"])
             if step >= self.runs.get(run, (0,))[0]:  # events may arrive out of order
                 self.runs[run] = (step, int(event["total"]), event.get("loss"))
-                self._reports += 1
+                self._unwritten = True
 
     def line(self) -> str:
         """What the stage has done so far, in one line."""
@@ -120,7 +120,7 @@ class Reporter:
 
     def _write(self) -> None:
         with self._lock:
-            self._reports_written = self._reports
+            self._unwritten = False
         if self.tty:
             self.stream.write(f"\r\x1b[K[hsad] {self.line()}")
             self._drawn = True
