@@ -32,6 +32,7 @@ staying below the anomaly fractions of the benchmark scenes (0.2-2 % of their pi
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import dask
@@ -175,7 +176,9 @@ def label_tile(mask: np.ndarray, values: np.ndarray | None = None, truth: np.nda
     labels, n = ndimage.label(mask, structure=EIGHT)
     touches = np.zeros(n, dtype=bool)
     if truth is not None and n:
-        touches = np.bincount(labels.ravel(), weights=(np.asarray(truth) > 0).ravel(), minlength=n + 1)[1:] > 0
+        hit = np.zeros(n + 1, dtype=bool)
+        hit[labels[np.asarray(truth) > 0]] = True  # the labels under ground-truth pixels (0: background)
+        touches = hit[1:]
     objects = TileObjects(n, labels[0].copy(), labels[-1].copy(), labels[:, 0].copy(), labels[:, -1].copy(), touches)
     if values is None or n == 0:
         return objects
@@ -460,15 +463,26 @@ LABEL_NODATA = np.iinfo(np.uint32).max
 
 def label_rows(data: da.Array, threshold: float, lookups):
     """Yield ``(first row, labels (rows, width) uint32)`` for each row of tiles: object ids
-    (0: none, :data:`LABEL_NODATA`: no valid score), one row of tiles in memory at a time."""
+    (0: none, :data:`LABEL_NODATA`: no valid score), two rows of tiles in memory at a time
+    (the one yielded and the next, computed meanwhile)."""
     starts = np.cumsum((0, *data.chunks[0]))
     blocks = data.to_delayed()
     token = tokenize(data, threshold)
-    for i in range(data.numblocks[0]):
+
+    def strip(i: int) -> np.ndarray:
         parts = [dask.delayed(_labels_tile, pure=True)(blocks[i, j], float(threshold), lookups[i][j],
                                                        dask_key_name=f"detection-labels-{token}-{i}-{j}")
                  for j in range(data.numblocks[1])]
-        yield int(starts[i]), np.concatenate(dask.compute(*parts), axis=1)
+        return np.concatenate(dask.compute(*parts), axis=1)
+
+    # the next row is computed (on the scheduler) while the caller works on this one, e.g.
+    # traces its outlines: 0.3-0.4 s less on a 4096^2 map on 2 cores
+    with ThreadPoolExecutor(1, thread_name_prefix="detection-labels") as ahead:
+        pending = ahead.submit(strip, 0) if data.numblocks[0] else None
+        for i in range(data.numblocks[0]):
+            labels = pending.result()
+            pending = ahead.submit(strip, i + 1) if i + 1 < data.numblocks[0] else None
+            yield int(starts[i]), labels
 
 
 # --------------------------------------------------------------------------------------
@@ -670,6 +684,24 @@ def object_evaluation(scores, truth, found: Thresholds, pfa: float, threshold: f
     return {"at_pfa": rows[-1], "sweep": rows[:-1], "scene_area_km2": area_km2}
 
 
+def _outlines_written(data: da.Array, threshold: float, lookups, grid: MapGrid, folder, pfa: float,
+                      rule: str) -> dict:
+    """:func:`outlines` of the objects, with ``detections.tif`` written from the same label
+    strips when ``folder`` is given."""
+    if folder is None:
+        return outlines(label_rows(data, threshold, lookups), grid)
+    from pathlib import Path
+
+    from hsad_scale import outputs
+
+    height, width = data.shape
+    with outputs.cog_writer(Path(folder) / "detections.tif", height, width, "uint32", crs=grid.crs,
+                            transform=grid.transform, nodata=int(LABEL_NODATA), resampling="NEAREST",
+                            description=f"detection id (1 = highest peak; 0 = none) at PFA {pfa:g}, {rule} threshold",
+                            tags={"pfa": repr(pfa), "rule": rule, "threshold": repr(threshold)}) as write:
+        return outlines(label_rows(data, threshold, lookups), grid, on_strip=write)
+
+
 def _finite_or_none(value: float) -> float | None:
     """JSON has no infinity: a threshold that flags nothing (PFA x N < 1) is recorded as None."""
     return value if math.isfinite(value) else None
@@ -698,24 +730,14 @@ def run_detections(scores, folder=None, *, pfa: float = DEFAULT_PFA, rule: str =
     stats, lookups, data, computed = find_objects(scores, threshold, truth, tile, sweep)
     table = detection_table(stats, grid)
     expected = pfa * found.n_valid
-    if folder is not None:
-        from pathlib import Path
-
-        from hsad_scale import outputs
-
-        height, width = data.shape
-        with outputs.cog_writer(Path(folder) / "detections.tif", height, width, "uint32", crs=grid.crs,
-                                transform=grid.transform, nodata=int(LABEL_NODATA), resampling="NEAREST",
-                                description=f"detection id (1 = highest peak; 0 = none) at PFA {pfa:g}, {rule} threshold",
-                                tags={"pfa": repr(pfa), "rule": rule, "threshold": repr(threshold)}) as write:
-            polygons = outlines(label_rows(data, threshold, lookups), grid, on_strip=write)
-    else:
-        polygons = outlines(label_rows(data, threshold, lookups), grid)
-    spectra = wavelength = None
-    if cube is not None:
+    with ThreadPoolExecutor(1, thread_name_prefix="peak-spectra") as background:
+        # the peak spectra are read from the cube (on the scheduler) while this thread traces the outlines
         top = table.iloc[:max_spectra]
-        spectra = peak_spectra(cube, top["peak_row"].to_numpy(), top["peak_col"].to_numpy())
-        wavelength = cube.coords["wavelength"].values if "wavelength" in cube.coords else None
+        spectra = None if cube is None else background.submit(
+            peak_spectra, cube, top["peak_row"].to_numpy(), top["peak_col"].to_numpy())
+        polygons = _outlines_written(data, threshold, lookups, grid, folder, pfa, rule)
+        spectra = None if spectra is None else spectra.result()
+    wavelength = cube.coords["wavelength"].values if cube is not None and "wavelength" in cube.coords else None
     frame = detections_frame(table, polygons, grid, spectra, wavelength)
     record = {
         "pfa": pfa, "rule": rule, "threshold": _finite_or_none(threshold), "valid_pixels": found.n_valid,
