@@ -240,6 +240,8 @@ class Whitener:
             out[start : start + BLOCK_PIXELS] = np.einsum("ij,ij->i", whitened, whitened)
         return out
 
+    mahalanobis.nan_rows_give_nan = True  # a row with a NaN/Inf gives NaN or Inf: see tiles._score_every_pixel
+
 
 def whitener(stats: BackgroundStats) -> Whitener:
     """Whitening of ``stats``' covariance, regularised only where it is singular or

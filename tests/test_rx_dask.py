@@ -49,12 +49,15 @@ def test_invalid_pixels_score_nan_and_are_left_out_of_the_statistics(tmp_path, c
     cube = ds[cubes.CUBE].values.copy()
     cube[:, 5, 7] = np.nan
     cube[2, 20, 3] = np.nan  # a NaN in one band invalidates the whole pixel
+    cube[4, 11, 12] = np.inf  # so does an Inf (RX scores every pixel, then checks the non-finite scores)
+    cube[:, 25, 1] = -np.inf
     ds[cubes.CUBE] = (("band", "y", "x"), cube)
     ds = ds.chunk({"y": 16, "x": 16})
     _, model = fit_rx(ds[cubes.CUBE])
     scores = rx_scores(ds[cubes.CUBE], model)["score"].values
-    assert np.isnan(scores[5, 7]) and np.isnan(scores[20, 3])
-    assert np.isfinite(np.delete(scores.ravel(), [5 * 30 + 7, 20 * 30 + 3])).all()
+    invalid = [(5, 7), (20, 3), (11, 12), (25, 1)]
+    assert all(np.isnan(scores[r, c]) for r, c in invalid)
+    assert np.isfinite(np.delete(scores.ravel(), [r * 30 + c for r, c in invalid])).all()
     pixels = cube.reshape(6, -1).T
     keep = np.isfinite(pixels.sum(axis=1))
     np.testing.assert_allclose(scores.ravel()[keep], rx_reference(pixels[keep]), rtol=1e-4)
