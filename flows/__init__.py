@@ -19,18 +19,44 @@ import sys
 
 
 def flow_run_record() -> dict:
-    """The current flow run (id, name, flow, API) for run.json."""
+    """The current flow run for run.json: id, name, flow, and where it is recorded
+    (``api_url``: the configured Prefect API; None for this command's temporary API, which is
+    gone once the command ends, with ``database``: where the run is kept)."""
     from prefect.runtime import flow_run
     from prefect.settings import PREFECT_API_URL
 
-    return {"flow": flow_run.flow_name, "flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name,
-            "api_url": PREFECT_API_URL.value() or "ephemeral"}
+    record = {"flow": flow_run.flow_name, "flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name}
+    if _temporary_api["url"] is not None and PREFECT_API_URL.value() == _temporary_api["url"]:
+        return {**record, "api_url": None, "database": history_database()}
+    return {**record, "api_url": PREFECT_API_URL.value() or "ephemeral"}
 
 
-#: What ``--flow`` says when no Prefect API is configured.
-TEMPORARY_NOTICE = ("[hsad] Prefect: no PREFECT_API_URL set, so this run is recorded by a temporary Prefect API "
-                    "that ends with the command (its run history is not kept). To keep it: run `hsad serve` "
-                    "(or `prefect server start`) and set PREFECT_API_URL=http://127.0.0.1:4200/api")
+#: The URL of the temporary API that :meth:`PrefectStart.settings` points Prefect at (None outside).
+_temporary_api: dict = {"url": None}
+
+
+def history_database() -> str:
+    """Where a local Prefect API (this command's temporary one, Prefect's ephemeral server,
+    a ``prefect server start`` on the same profile) keeps flow runs: the path of the active
+    profile's SQLite file, else the database's URL without user or password
+    (``PREFECT_SERVER_DATABASE_CONNECTION_URL``)."""
+    from urllib.parse import urlsplit
+
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().server.database.connection_url.get_secret_value()
+    if url.startswith("sqlite"):
+        return url.split(":///", 1)[-1]
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+def temporary_notice(database: str) -> str:
+    """What ``--flow`` (and sweep, watch) says when no Prefect API is configured: one line."""
+    return (f"[hsad] Prefect: no PREFECT_API_URL set: this run is recorded in Prefect's local database ({database}) "
+            "through a temporary API that ends with the command (no link to follow). To browse the runs: "
+            "`hsad serve` or `prefect server start` (UI on http://127.0.0.1:4200); to record on a running server: "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api")
 
 
 class PrefectStart:
@@ -125,22 +151,32 @@ class PrefectStart:
 
     @property
     def temporary(self) -> bool:
-        """Whether the API is this command's own temporary server (its run history ends with it)."""
+        """Whether the API is this command's own temporary server (it ends with the command; the runs stay in
+        the profile's database, :func:`history_database`)."""
         return self.process is not None
 
     @contextlib.contextmanager
     def settings(self):
         """Prefect settings pointing at the API for the block. With a temporary API, one line
-        says so (no link to its UI: it would be dead once the command ends)."""
+        says so and names the database that keeps the runs (no link to its UI: it would be
+        dead once the command ends)."""
         from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
         url = self.wait()
         updates = {PREFECT_API_URL: url}
         if self.temporary:
             updates[PREFECT_UI_URL] = ""  # Prefect logs no "View at" link
-            print(TEMPORARY_NOTICE, file=sys.stderr, flush=True)
+            # no flow run heartbeats: only a server's services read them (to mark crashed
+            # runs) and this one runs none; their thread, which sleeps in 1 s steps, also
+            # held each flow run's end by 0-1 s (0.6 s measured on a 100 x 100 detect)
+            updates["flows.heartbeat_frequency"] = None
+            print(temporary_notice(history_database()), file=sys.stderr, flush=True)
         with temporary_settings(updates=updates):
-            yield url
+            _temporary_api["url"] = url if self.temporary else None
+            try:
+                yield url
+            finally:
+                _temporary_api["url"] = None
 
     def stop(self, timeout: float = 0) -> None:
         """Send the API what Prefect still holds (logs, events), then stop the temporary

@@ -6,6 +6,7 @@ recorded by an audit hook preloaded into it, and its open files are polled with 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -242,17 +243,33 @@ def test_a_sweep_whose_trials_fail_is_a_failed_flow_run(external_cluster, user_c
         assert len(trials) == 2 and all(r.state.is_failed() for r in trials), [(r.name, r.state) for r in trials]
 
 
-def test_a_flow_without_a_prefect_api_says_its_history_is_temporary(user_cwd):
-    """``--flow`` with no PREFECT_API_URL: one line says the run history is temporary and how
-    to keep it; no link to the temporary UI; no distributed INFO logs on the terminal."""
-    result = _hsad(["detect", f"{DATA_NAME}/scene.zarr", "--out", "runs/flow", "--flow"], user_cwd)
-    assert result.returncode == 0, result.stderr
-    from flows import TEMPORARY_NOTICE
+def test_a_flow_without_a_prefect_api_names_where_its_history_is_kept(user_cwd, tmp_path):
+    """``--flow`` with no PREFECT_API_URL: one line says the API is temporary and names the
+    database that keeps the run, and that database does hold the completed flow run of
+    run.json; no link to the temporary UI, no dead API URL in run.json, no distributed INFO
+    logs on the terminal. Prefect's home is a fresh folder: its database is created there."""
+    import sqlite3
 
+    from flows import temporary_notice
+
+    home = tmp_path / "prefect-home"
+    result = subprocess.run([sys.executable, "-m", "hsad_scale.cli", "detect", f"{DATA_NAME}/scene.zarr",
+                             "--out", "runs/flow", "--flow"], cwd=user_cwd, capture_output=True, text=True,
+                            timeout=400, env={**{k: v for k, v in os.environ.items()
+                                                 if k not in ("HSAD_DASK_ADDRESS", "PREFECT_API_URL")},
+                                              "PREFECT_HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    database = home / "prefect.db"
+    notice = temporary_notice(str(database))
     lines = result.stderr.splitlines()
-    assert lines.count(TEMPORARY_NOTICE) == 1 and "hsad serve" in TEMPORARY_NOTICE
-    links = [line for line in lines if "http://" in line and "dashboard" not in line and line != TEMPORARY_NOTICE]
+    assert lines.count(notice) == 1 and "hsad serve" in notice and "prefect server start" in notice
+    links = [line for line in lines if "http://" in line and "dashboard" not in line and line != notice]
     assert not links and not [line for line in lines if "View at" in line], result.stderr
     assert not [line for line in lines if "distributed." in line], result.stderr
     record = json.loads((user_cwd / "runs" / "flow" / "run.json").read_text())
     assert record["prefect"]["flow"] == "detect"
+    assert record["prefect"]["api_url"] is None and record["prefect"]["database"] == str(database)
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        kept = db.execute("SELECT state_type FROM flow_run WHERE id = ?",
+                          (record["prefect"]["flow_run_id"],)).fetchall()
+    assert kept == [("COMPLETED",)]
