@@ -55,7 +55,8 @@ def temporary_notice(database: str) -> str:
     """What ``--flow`` (and sweep, watch) says when no Prefect API is configured: one line."""
     return (f"[hsad] Prefect: no PREFECT_API_URL set: this run is recorded in Prefect's local database ({database}) "
             "through a temporary API that ends with the command (no link to follow). To browse the runs: "
-            "`hsad serve` or `prefect server start` (UI on http://127.0.0.1:4200); to record on a running server: "
+            "`prefect server start` with the same Prefect home (its UI, also started by `hsad serve`, on "
+            "http://127.0.0.1:4200 by default); to record on a running server: "
             "PREFECT_API_URL=http://127.0.0.1:4200/api")
 
 
